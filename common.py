@@ -90,7 +90,8 @@ def add_run_args(p, *, data, out, batch_size, epochs, lr, betas, iters_per_epoch
     """The flags every training script shares, with that script's defaults."""
     p.add_argument("--data", default=data, help="image folder, or demo:cats / demo:dogs (built-in procedural data) (default: %(default)s)")
     p.add_argument("--out", default=out, help="run directory: checkpoints, pictures, metrics (default: %(default)s)")
-    p.add_argument("--img-size", type=image_size, default=img_size, help="image size (default: %(default)s, the thesis')")
+    p.add_argument("--img-size", type=image_size, default=img_size,
+                   help="image size (default: %(default)s)" if img_size else "image size (default: the teacher's)")
     p.add_argument("--width", type=positive_float, default=width, help="channel-width multiplier; 1 = thesis architecture (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help="(default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=epochs, help="(default: %(default)s)")
@@ -215,7 +216,11 @@ def load_model(path, kinds=("Generator", "GeneratorKD"), key="G", device="cpu"):
     The architecture comes from the stored config, else it is inferred from the state_dict's keys and shapes
     (a thesis-style file). Returns (model, config). The model's kind must be one of `kinds`.
     """
-    obj = load_checkpoint(path, device)
+    return model_from(load_checkpoint(path, device), path, kinds, key, device)
+
+
+def model_from(obj, path, kinds=("Generator", "GeneratorKD"), key="G", device="cpu"):
+    """`load_model` for an object already loaded from `path` (to read two models from one checkpoint)."""
     if isinstance(obj, dict) and obj.get("format") == GENERATOR_FORMAT:
         config, state = obj["config"], obj["state_dict"]
     elif isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:

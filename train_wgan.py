@@ -96,17 +96,22 @@ def build_parser(doc=__doc__, script="train_wgan"):
     return p
 
 
-def setup(args):
-    """Device, threads, seed, data: what every WGAN-GP run needs before its models."""
+def setup_device(args):
+    """Device, CPU threads and seeds, before any model is built."""
     device = common.get_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     common.seed_everything(args.seed)
+    return device
+
+
+def load_batches(args, device):
+    """The dataset and its endless shuffled batch iterator."""
     dataset = data.load_dataset(args.data, args.img_size, cache_dir=args.cache_dir)
     if args.batch_size > len(dataset):
         raise common.UserError(f"--batch-size {args.batch_size} is larger than the dataset ({len(dataset)} images)")
     batches = data.InfiniteBatches(dataset, args.batch_size, device, seed=args.seed, flip=args.flip)
-    return device, dataset, batches
+    return dataset, batches
 
 
 def train(args, G, D, batches, script="train_wgan", extra_summary=None):
@@ -137,11 +142,12 @@ def train(args, G, D, batches, script="train_wgan", extra_summary=None):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    device, dataset, batches = setup(args)
+    device = setup_device(args)
     G = arch.Generator(nz=args.nz, img_size=args.img_size, width=args.width).to(device)
     D = arch.Discriminator(img_size=args.img_size, width=args.width).to(device)
     G.apply(arch.weights_init)
     D.apply(arch.weights_init)
+    dataset, batches = load_batches(args, device)
     print(f"{dataset.name}: {len(dataset)} images at {args.img_size}x{args.img_size} | G {arch.count_params(G):,} "
           f"params, D {arch.count_params(D):,} | {device}", flush=True)
     train(args, G, D, batches)
