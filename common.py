@@ -196,8 +196,12 @@ def load_checkpoint(path, device="cpu"):
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holds objects weights_only refuses
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first_line}") from None
+        text = str(e).strip()
+        if text.startswith("Weights only load failed"):
+            reason = "not a PyTorch file, or it holds objects other than tensors and plain data (refused for safety)"
+        else:
+            reason = text.splitlines()[0] if text else type(e).__name__
+        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
 
 
 GENERATOR_FORMAT = "ganopt-generator/1"
