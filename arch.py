@@ -214,8 +214,9 @@ def freeze_layers(model, n, adapt_bn=False):
     gradient (see `_Sequence.forward`), and BatchNorm running statistics fixed (eval mode) unless `adapt_bn`.
     """
     names = freezable_layers(model)
-    if not 0 <= n <= len(names):
-        raise ValueError(f"cannot freeze {n} layers of {type(model).__name__}: it has {len(names)} ({', '.join(names)})")
+    if not 0 <= n < len(names):
+        raise ValueError(f"cannot freeze {n} layers of {type(model).__name__}: it has {len(names)} "
+                         f"({', '.join(names)}) and at least the last must train")
     for name in names[:n]:
         getattr(model, name).requires_grad_(False)
     model.n_frozen, model.adapt_bn = n, adapt_bn

@@ -75,7 +75,8 @@ def load_teacher(path, device, img_size, nz):
     if os.path.isdir(path):
         path = os.path.join(path, "generator.pt")
     obj = common.load_checkpoint(path, device)
-    kind = (obj.get("config") or obj.get("G", {}).get("config") or {}).get("kind") if isinstance(obj, dict) else None
+    stored = obj.get("G") if isinstance(obj, dict) and obj.get("format") == common.CHECKPOINT_FORMAT else obj
+    kind = stored.get("config", {}).get("kind") if isinstance(stored, dict) and isinstance(stored.get("config"), dict) else None
     if kind not in (None, "Generator"):
         raise common.UserError(f"--teacher {path} holds a {kind}, but the teacher must be a Generator (train_wgan.py)")
     teacher, config = common.model_from(obj, path, kinds=("Generator",), key="G", device=device)
