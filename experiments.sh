@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# The whole thesis study as one command: teacher, transfer learning, knowledge distillation, samples, FID, report.
+# Run `bash experiments.sh --help` for the flags; the usage text below is that help.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: experiments.sh [--demo] [--out DIR] [flags]     (bash experiments.sh ... or ./experiments.sh ...)
+
+Reproduces the thesis' Tables 3.1-3.3 in one go. Stages, all under --out (default runs/study):
+  teacher            train_wgan.py on data 1                          (thesis model 1)
+  full               train_transfer.py --freeze-g 0 --freeze-d 0 on data 2  (model 2, full training)
+  transfer           train_transfer.py --init OUT/teacher on data 2   (model 2, transfer learning)
+  kd_a<alpha>        train_kd.py --teacher OUT/teacher/generator.pt on data 1, one per alpha
+  samples/<stage>/   N PNGs per model (createsamples.py --seed 0), the teacher included
+  real1/, real2/     the real images FID compares against, as training sees them (same crop, --size):
+                     a demo spec's first N (data.py demo); a folder's copy (data.py prepare), of which
+                     compute_fid.py takes a fixed-seed random subset of N (--max-images N --seed 0)
+  fid/ref_data1.npz, ref_data2.npz, ref_teacher.npz      Inception statistics (compute_fid.py --save-stats)
+  fid/<stage>.json   FID + KID vs its own dataset (teacher, kd_*: data 1; full, transfer: data 2)
+  fid/kd_a<alpha>_vs_teacher.json                         FID + KID of each student vs the teacher's samples
+  report/            python report.py OUT: report.md, table3_{1,2,3}.csv, timelines.png, grid_<stage>.png
+
+Re-running is cheap and safe: a finished stage is skipped ("[stage] NAME: done, skipping").
+  training   done when OUT/<stage>/summary.json has the requested epochs; otherwise the stage runs with
+             --resume, which continues an interrupted run from its last checkpoint, or extends a finished
+             one to more epochs (a run with MORE epochs than requested is kept, with a warning)
+  samples    done when the folder holds exactly N PNGs and is not older than the stage's generator.pt
+  FID files  done when the file exists and is not older than its inputs (like make), and was made with
+             the same --n-samples/--fid-dims/--kid-*/--weights (OUT/fid/settings.txt; else all are redone)
+So after a longer teacher run, its samples and FID are redone. Not detected: other data or model flags
+for a finished training stage (a changed model shape is refused by --resume); delete a folder to redo it.
+
+flags (each also read from the environment variable STUDY_<NAME in brackets>, e.g. STUDY_EPOCHS_KD; a flag wins):
+  --data1 SPEC            data 1, the teacher's and KD's: image folder or demo spec [DATA1] (demo:cats)
+  --data2 SPEC            data 2, the transfer target [DATA2] (demo:dogs)
+  --size N                image size [SIZE] (64)
+  --width W               channel-width multiplier, 1 = thesis [WIDTH] (0.25)
+  --batch-size N          WGAN-GP batch size [BATCH_SIZE] (32)
+  --kd-batch-size N       KD batch size [KD_BATCH_SIZE] (= --batch-size; the thesis used 8)
+  --epochs-teacher N      [EPOCHS_TEACHER] (40)
+  --epochs-transfer N     full and transfer [EPOCHS_TRANSFER] (10)
+  --epochs-kd N           [EPOCHS_KD] (10)
+  --iters-per-epoch N     passed to every training script if set [ITERS_PER_EPOCH] (the scripts' own: 25 / 100)
+  --n-critic N            critic updates per generator update, WGAN-GP stages, if set [N_CRITIC] (the
+                          script's 5; the thesis' epoch of 200 critic + 25 generator updates is 8)
+  --snapshot-every K      fixed-vector snapshot interval [SNAPSHOT_EVERY] (epochs/20 per stage, at least 1)
+  --save-every K          checkpoint interval in epochs [SAVE_EVERY] (1)
+  --alphas "A B ..."      KD alphas [ALPHAS] ("0.3 0.05 0.01 0.001")
+  --n-samples N           images per model and per dataset for FID [N_SAMPLES] (500, as the thesis)
+  --fid-dims D            Inception features: 2048 (standard), 768, 192, 64 [FID_DIMS] (2048)
+  --kid-subsets K         [KID_SUBSETS] (100)
+  --kid-subset-size M     [KID_SUBSET_SIZE] (N/2)
+  --weights PATH          FID Inception weights file (pt_inception-2015-12-05-6726825d.pth) [WEIGHTS]
+                          (default: compute_fid.py's, the torch hub cache, downloaded if missing)
+  --device DEV            auto | cpu | cuda | cuda:N [DEVICE] (auto)
+  --threads N             torch CPU threads, only if set: --threads of the training scripts and
+                          OMP_NUM_THREADS for createsamples.py and compute_fid.py [THREADS]
+  --out DIR               [OUT] (runs/study)
+  --demo                  [STUDY_DEMO=1] the whole chain on the demo data in a few minutes on a 2-core CPU:
+                          64x64, width 0.125, batch 16, 2 epochs of 2 iterations per stage, 50 samples,
+                          64-dim FID features, 10 KID subsets of 25, 1 thread (each still overridable)
+  -h, --help              this text
+The Python interpreter is $PYTHON, else the repository's .venv/bin/python, else python3.
+
+examples:
+  bash experiments.sh --demo --out /tmp/demo_study                 # ~2-4 minutes on a 2-core CPU
+  bash experiments.sh --data1 data/cat-faces-64 --data2 data/dog-faces-64 --epochs-teacher 40
+  # the thesis' setting (GPU): 128x128, full width, model 1 for 4000 epochs, KD with batch 8
+  bash experiments.sh --data1 data/cat-faces-128 --data2 data/dog-faces-128 --size 128 --width 1 \
+      --batch-size 64 --n-critic 8 --kd-batch-size 8 --epochs-teacher 4000 --epochs-transfer 1000 \
+      --epochs-kd 1000 --device cuda --out runs/thesis
+EOF
+}
+
+die() { echo "experiments.sh: error: $*" >&2; exit 2; }
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
+elif [[ -x "$HERE/.venv/bin/python" ]]; then PY="$HERE/.venv/bin/python"
+else PY=python3; fi
+
+# ----------------------------------------------------------------------------- flags > environment > defaults
+declare -A F=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --demo) F[DEMO]=1; shift ;;
+        --data1|--data2|--size|--width|--batch-size|--kd-batch-size|--epochs-teacher|--epochs-transfer|--epochs-kd|\
+        --iters-per-epoch|--n-critic|--snapshot-every|--save-every|--alphas|--n-samples|--fid-dims|--kid-subsets|\
+        --kid-subset-size|--weights|--device|--threads|--out)
+            [[ $# -ge 2 ]] || die "$1 needs a value (see --help)"
+            key="${1#--}"; key="${key//-/_}"; key="${key^^}"
+            F[$key]="$2"; shift 2 ;;
+        --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+
+# pick NAME: the flag, else the environment variable, else the demo default (with --demo), else the default
+pick() {
+    local name="$1" default="$2" demo_default="${3-$2}"
+    local env="STUDY_$name"  # prefixed: plain OUT, SIZE or DEVICE are often set for other programs
+    if [[ -n "${F[$name]+x}" ]]; then printf -v "$name" '%s' "${F[$name]}"
+    elif [[ -n "${!env:-}" ]]; then printf -v "$name" '%s' "${!env}"
+    elif [[ "$DEMO" == 1 ]]; then printf -v "$name" '%s' "$demo_default"
+    else printf -v "$name" '%s' "$default"; fi
+}
+DEMO="${F[DEMO]:-${STUDY_DEMO:-0}}"
+[[ "$DEMO" == 0 || "$DEMO" == 1 ]] || die "DEMO must be 0 or 1, got '$DEMO'"
+#    name            default                  --demo default
+pick DATA1           demo:cats
+pick DATA2           demo:dogs
+pick SIZE            64
+pick WIDTH           0.25                     0.125
+pick BATCH_SIZE      32                       16
+pick KD_BATCH_SIZE   ""
+pick EPOCHS_TEACHER  40                       2
+pick EPOCHS_TRANSFER 10                       2
+pick EPOCHS_KD       10                       2
+pick ITERS_PER_EPOCH ""                       2
+pick N_CRITIC        ""
+pick SNAPSHOT_EVERY  ""                       1
+pick SAVE_EVERY      1
+pick ALPHAS          "0.3 0.05 0.01 0.001"
+pick N_SAMPLES       500                      50
+pick FID_DIMS        2048                     64
+pick KID_SUBSETS     100                      10
+pick KID_SUBSET_SIZE ""
+pick WEIGHTS         ""
+pick DEVICE          auto
+pick THREADS         ""                       1
+pick OUT             runs/study
+KD_BATCH_SIZE="${KD_BATCH_SIZE:-$BATCH_SIZE}"
+
+is_int() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
+for v in SIZE BATCH_SIZE KD_BATCH_SIZE EPOCHS_TEACHER EPOCHS_TRANSFER EPOCHS_KD SAVE_EVERY N_SAMPLES KID_SUBSETS; do
+    is_int "${!v}" || die "$v must be a positive integer, got '${!v}'"
+done
+for v in ITERS_PER_EPOCH N_CRITIC SNAPSHOT_EVERY KID_SUBSET_SIZE THREADS; do
+    [[ -z "${!v}" ]] || is_int "${!v}" || die "$v must be a positive integer, got '${!v}'"
+done
+[[ "$N_SAMPLES" -ge 2 ]] || die "N_SAMPLES must be at least 2 (FID needs a covariance)"
+KID_SUBSET_SIZE="${KID_SUBSET_SIZE:-$(( N_SAMPLES / 2 > 2 ? N_SAMPLES / 2 : 2 ))}"
+case "$FID_DIMS" in 64|192|768|2048) ;; *) die "FID_DIMS must be 64, 192, 768 or 2048, got '$FID_DIMS'" ;; esac
+read -r -a ALPHA_LIST <<< "$ALPHAS"
+[[ ${#ALPHA_LIST[@]} -gt 0 ]] || die "ALPHAS is empty"
+for a in "${ALPHA_LIST[@]}"; do
+    [[ "$a" =~ ^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$ ]] || die "alpha must be a number in [0, 1], got '$a'"
+done
+[[ -z "$WEIGHTS" || -f "$WEIGHTS" ]] || die "--weights $WEIGHTS: no such file"
+for spec in "$DATA1" "$DATA2"; do
+    [[ "$spec" == demo:* || -d "$spec" ]] || die "data '$spec' is neither a folder nor a demo spec (demo:cats, demo:dogs)"
+done
+
+# ----------------------------------------------------------------------------- helpers
+T_START=$SECONDS
+say() { echo "[stage] $*"; }
+run() { printf '  $'; printf ' %q' "$@"; printf '\n'; "$@"; }
+
+common_train=(--img-size "$SIZE" --device "$DEVICE" --save-every "$SAVE_EVERY")
+[[ -n "$ITERS_PER_EPOCH" ]] && common_train+=(--iters-per-epoch "$ITERS_PER_EPOCH")
+if [[ -n "$THREADS" ]]; then
+    common_train+=(--threads "$THREADS")
+    export OMP_NUM_THREADS="$THREADS"  # createsamples.py and compute_fid.py have no --threads
+fi
+fid_args=(--device "$DEVICE" --dims "$FID_DIMS" --kid-subsets "$KID_SUBSETS" --kid-subset-size "$KID_SUBSET_SIZE")
+[[ -n "$WEIGHTS" ]] && fid_args+=(--weights "$WEIGHTS")
+
+snap_every() { echo "${SNAPSHOT_EVERY:-$(( $1 / 20 > 1 ? $1 / 20 : 1 ))}"; }
+
+summary_epochs() {  # the `epochs` of a summary.json, or nothing
+    [[ -f "$1" ]] || return 0
+    "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("epochs", ""))' "$1" 2>/dev/null || true
+}
+
+# up_to_date TARGET DEP...: TARGET exists and no DEP is newer (a missing DEP counts as not newer)
+up_to_date() {
+    local target="$1"; shift
+    [[ -e "$target" ]] || return 1
+    local dep
+    for dep in "$@"; do [[ -e "$dep" && "$dep" -nt "$target" ]] && return 1; done
+    return 0
+}
+
+count_pngs() {  # NNNNN.png files in a folder (what createsamples.py and data.py demo write)
+    [[ -d "$1" ]] || { echo 0; return; }
+    find "$1" -maxdepth 1 -type f -name '[0-9][0-9][0-9][0-9][0-9]*.png' | wc -l
+}
+
+# train STAGE EPOCHS SCRIPT ARGS...: skip when OUT/STAGE/summary.json has EPOCHS, else (re)run with --resume
+train() {
+    local stage="$1" epochs="$2" script="$3"; shift 3
+    local dir="$OUT/$stage" have
+    have="$(summary_epochs "$dir/summary.json")"
+    if [[ "$have" == "$epochs" ]]; then
+        local note=""
+        if [[ "$stage" != teacher && "$stage" != full && "$OUT/teacher/generator.pt" -nt "$dir/summary.json" ]]; then
+            note="; warning: the teacher changed after it was trained, delete $dir to redo it from the new one"
+        fi
+        say "$stage: done, skipping ($epochs epochs$note)"; return
+    elif [[ -n "$have" && "$have" =~ ^[0-9]+$ && "$have" -gt "$epochs" ]]; then
+        say "$stage: done, skipping (warning: it has $have epochs, more than the $epochs requested; delete $dir to retrain)"
+        return
+    fi
+    if [[ -n "$have" ]]; then say "$stage: running (extending $have -> $epochs epochs)"
+    elif [[ -f "$dir/ckpt.pt" ]]; then say "$stage: running (resuming an interrupted run)"
+    else say "$stage: running"; fi
+    run "$PY" "$HERE/$script" "$@" --epochs "$epochs" --snapshot-every "$(snap_every "$epochs")" \
+        "${common_train[@]}" --out "$dir" --resume
+    [[ "$(summary_epochs "$dir/summary.json")" == "$epochs" ]] || die "$stage: no summary.json with $epochs epochs after training"
+}
+
+# The evaluation steps (createsamples.py, data.py demo, compute_fid.py) are cheap next to the start of a Python
+# process with torch (seconds each, more on a busy machine), so the pending ones are queued and run one after the
+# other in ONE process, each through its script's own main(argv): exactly the command line printed for it.
+JOBS=()
+declare -A PENDING=()
+queue() {  # queue TARGET SCRIPT ARGS...
+    local target="$1"; shift
+    PENDING[$target]=1
+    JOBS+=("${target#"$OUT"/}" "$@" "::")
+}
+pending_dep() { local d; for d in "$@"; do [[ -n "${PENDING[$d]+x}" ]] && return 0; done; return 1; }
+flush() {
+    [[ ${#JOBS[@]} -gt 0 ]] || return 0
+    "$PY" - "$HERE" "$PY" "${JOBS[@]}" <<'PYEOF'
+import importlib, os, shlex, sys
+here, python, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path.insert(0, here)
+import common
+jobs, job = [], []
+for a in args:
+    if a == "::":
+        jobs.append(job)
+        job = []
+    else:
+        job.append(a)
+
+def main():
+    for label, script, *argv in jobs:
+        print(f"[stage] {label}: running", flush=True)
+        print(f"  $ {shlex.join([python, os.path.join(here, script), *argv])}", flush=True)
+        importlib.import_module(script[:-len(".py")]).main(argv)
+        sys.stdout.flush()
+
+common.run_main(main)
+PYEOF
+    JOBS=()
+}
+
+samples() {  # samples STAGE: N_SAMPLES PNGs from OUT/STAGE/generator.pt
+    local stage="$1" dir="$OUT/samples/$1" gen="$OUT/$1/generator.pt"
+    [[ -f "$gen" ]] || die "samples/$stage: $gen is missing"
+    if [[ "$(count_pngs "$dir")" -eq "$N_SAMPLES" ]] && up_to_date "$dir" "$gen"; then
+        say "samples/$stage: done, skipping"; return
+    fi
+    queue "$dir" createsamples.py --model "$gen" --n "$N_SAMPLES" --seed 0 --device "$DEVICE" --out "$dir" --overwrite
+}
+
+# real_ref N SPEC: OUT/fid/ref_dataN.npz from N_SAMPLES images of the dataset
+real_ref() {
+    local i="$1" spec="$2" npz="$OUT/fid/ref_data$1.npz"
+    if [[ "$spec" == demo:* ]]; then
+        # the demo data is generated: write the first N_SAMPLES images as PNGs (data.py demo), then take stats
+        local dir="$OUT/real$i" domain="${spec#demo:}"
+        domain="${domain%%:*}"
+        if [[ "$(count_pngs "$dir")" -eq "$N_SAMPLES" ]]; then
+            say "real$i: done, skipping"
+        else
+            rm -rf -- "$dir"  # ours; a different N_SAMPLES must not leave extra images behind
+            queue "$dir" data.py demo "$dir" --domain "$domain" --n "$N_SAMPLES" --size "$SIZE"
+        fi
+        if up_to_date "$npz" "$dir" && ! pending_dep "$dir"; then say "fid/ref_data$i.npz: done, skipping"; return; fi
+        queue "$npz" compute_fid.py --save-stats "$dir" "$npz" "${fid_args[@]}"
+    else
+        # a folder: a face-cropped, resized copy at --size (data.py prepare: what training sees), then a
+        # fixed-seed random subset of N_SAMPLES of it (compute_fid.py --max-images N --seed 0)
+        local dir="$OUT/real$i"
+        if [[ -f "$dir/sources.txt" ]]; then  # prepare writes sources.txt last
+            say "real$i: done, skipping"
+        else
+            rm -rf -- "$dir"
+            queue "$dir" data.py prepare "$spec" "$dir" --size "$SIZE"
+        fi
+        if up_to_date "$npz" "$dir/sources.txt" && ! pending_dep "$dir"; then
+            say "fid/ref_data$i.npz: done, skipping"; return
+        fi
+        queue "$npz" compute_fid.py --save-stats "$dir" "$npz" --max-images "$N_SAMPLES" --seed 0 "${fid_args[@]}"
+    fi
+}
+
+ref_samples() {  # ref_samples STAGE: OUT/fid/ref_STAGE.npz, the statistics of a model's samples
+    local dir="$OUT/samples/$1" npz="$OUT/fid/ref_$1.npz"
+    if up_to_date "$npz" "$dir" && ! pending_dep "$dir"; then say "fid/ref_$1.npz: done, skipping"; return; fi
+    queue "$npz" compute_fid.py --save-stats "$dir" "$npz" "${fid_args[@]}"
+}
+
+fid() {  # fid NAME SAMPLES REF: OUT/fid/NAME.json
+    local name="$1" a="$2" b="$3" json="$OUT/fid/$1.json"
+    if up_to_date "$json" "$a" "$b" && ! pending_dep "$a" "$b"; then say "fid/$name.json: done, skipping"; return; fi
+    queue "$json" compute_fid.py "$a" "$b" --json "$json" "${fid_args[@]}"
+}
+
+# ----------------------------------------------------------------------------- the study
+mkdir -p "$OUT/fid" || die "cannot create $OUT"
+if command -v flock >/dev/null; then  # two studies writing one run directory would corrupt each other
+    exec 9>"$OUT/.experiments.lock"
+    flock -n 9 || die "another experiments.sh is running on $OUT"
+fi
+echo "study in $OUT: data1 $DATA1, data2 $DATA2, ${SIZE}x$SIZE, width $WIDTH, batch $BATCH_SIZE (KD $KD_BATCH_SIZE)," \
+     "epochs teacher $EPOCHS_TEACHER / transfer $EPOCHS_TRANSFER / KD $EPOCHS_KD, alphas $ALPHAS," \
+     "${N_CRITIC:+n_critic $N_CRITIC, }$N_SAMPLES samples, FID dims $FID_DIMS, device $DEVICE$([[ $DEMO == 1 ]] && echo ', demo')"
+
+wgan=(--width "$WIDTH" --batch-size "$BATCH_SIZE")
+[[ -n "$N_CRITIC" ]] && wgan+=(--n-critic "$N_CRITIC")
+train teacher "$EPOCHS_TEACHER" train_wgan.py --data "$DATA1" "${wgan[@]}"
+train full "$EPOCHS_TRANSFER" train_transfer.py --freeze-g 0 --freeze-d 0 --data "$DATA2" "${wgan[@]}"
+train transfer "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}"
+KD_STAGES=()
+for a in "${ALPHA_LIST[@]}"; do
+    KD_STAGES+=("kd_a$a")
+    # img size and nz come from the teacher (train_kd.py refuses a mismatch, so --img-size is passed as a check)
+    train "kd_a$a" "$EPOCHS_KD" train_kd.py --teacher "$OUT/teacher/generator.pt" --data "$DATA1" \
+        --width "$WIDTH" --batch-size "$KD_BATCH_SIZE" --alpha "$a"
+done
+
+for stage in teacher full transfer "${KD_STAGES[@]}"; do samples "$stage"; done
+# FID files made with other settings are stale whatever their dates: drop them
+fid_settings="n_samples=$N_SAMPLES dims=$FID_DIMS kid=$KID_SUBSETS/$KID_SUBSET_SIZE weights=${WEIGHTS:-default}"
+stamp="$OUT/fid/settings.txt"
+if [[ -f "$stamp" && "$(cat "$stamp")" != "$fid_settings" ]]; then
+    say "fid: settings changed ($(cat "$stamp") -> $fid_settings), redoing the statistics and FID files"
+    rm -f -- "$OUT"/fid/*.npz "$OUT"/fid/*.json
+fi
+[[ -f "$stamp" && "$(cat "$stamp")" == "$fid_settings" ]] || echo "$fid_settings" > "$stamp"
+real_ref 1 "$DATA1"
+real_ref 2 "$DATA2"
+ref_samples teacher
+fid teacher "$OUT/samples/teacher" "$OUT/fid/ref_data1.npz"
+fid full "$OUT/samples/full" "$OUT/fid/ref_data2.npz"
+fid transfer "$OUT/samples/transfer" "$OUT/fid/ref_data2.npz"
+for stage in "${KD_STAGES[@]}"; do
+    fid "$stage" "$OUT/samples/$stage" "$OUT/fid/ref_data1.npz"
+    fid "${stage}_vs_teacher" "$OUT/samples/$stage" "$OUT/fid/ref_teacher.npz"
+done
+flush
+
+# the report is always rewritten (a second or two): it reads everything above
+kd_alpha=0.05
+[[ " ${ALPHA_LIST[*]} " == *" 0.05 "* ]] || kd_alpha="${ALPHA_LIST[0]}"
+say "report: running"
+run "$PY" "$HERE/report.py" "$OUT" --alphas "$ALPHAS" --kd-alpha "$kd_alpha"
+echo "study done in $(( SECONDS - T_START )) s: $OUT/report/report.md"

@@ -1,0 +1,552 @@
+"""The thesis' result tables 3.1-3.3 from a study directory (experiments.sh), with the thesis' numbers beside ours.
+
+Reads `<runs>/<stage>/summary.json` (training: sec/epoch, memory, model size) and `<runs>/fid/<stage>.json`
+(compute_fid.py --json: FID, KID) for the stages teacher, full, transfer and kd_a<alpha>, and writes into
+--out (default <runs>/report):
+    report.md                 the three tables in Markdown, notes, warnings, the figures
+    table3_1.csv ...3_3.csv   the same tables as CSV (a missing value is an empty cell)
+    timelines.png             the fixed-vector timelines of every run side by side (thesis Figs. 3.2, 3.5, 3.6)
+    grid_<stage>.png          the first 36 samples of each model (<runs>/samples/<stage>)
+A stage that has not run yet shows "—" in its cells and one warning line; nothing crashes.
+
+Definitions:
+- FID as compute_fid.py: pytorch-fid's Inception pool3 features (or --dims of experiments.sh), N vs N images.
+- sec/epoch: the median wall time of one epoch of that script (an epoch = --iters-per-epoch generator updates;
+  the thesis: WGAN-GP 200 critic + 25 generator updates, KD 100 + 100).
+- memory, two ways (common.MemoryMeter): "device peak" = summary `peak_mem_mb` (CUDA allocator peak on a GPU,
+  what the thesis measured; the process' peak RSS on a CPU, which includes Python and torch themselves) and
+  "tensors" = `peak_tensor_mb` (parameters + gradients + optimizer state + saved activations, device
+  independent). GB here = MiB / 1024.
+- model size: the generator's fp32 state_dict in MiB (`generator_mb`).
+- ΔFID %: see `delta_fid_percent`.
+
+Examples:
+    python report.py runs/study                     # -> runs/study/report/
+    python report.py runs/study --out /tmp/report --kd-alpha 0.01
+    python report.py /tmp/demo_study --alphas "0.3 0.05"
+"""
+import csv
+import glob
+import io
+import json
+import math
+import os
+import re
+import sys
+
+import common
+from common import UserError
+
+# ----------------------------------------------------------------------------- the thesis' numbers
+
+THESIS_ALPHAS = (0.3, 0.05, 0.01, 0.001)
+THESIS = {
+    # Table 3.1: FID, sec per epoch, training GPU memory GB
+    "teacher": {"fid": 63.95, "sec": 59.5, "mem_gb": 4.03, "size_mb": 186},
+    "full": {"fid": 114.58, "sec": 59.8, "mem_gb": 4.03, "size_mb": 186},
+    "transfer": {"fid": 127.517, "sec": 46.2, "mem_gb": 1.45, "size_mb": 186, "delta": -11.2},
+    # Table 3.2: FID vs dataset 1, FID vs teacher; all KD models 34 s/epoch, 1.89 GB, 38 MB
+    0.3: {"name": "KD 1", "fid": 65.33, "fid_teacher": 32.07},
+    0.05: {"name": "KD 2", "fid": 68.69, "fid_teacher": 29.8, "delta": -7.4},
+    0.01: {"name": "KD 3", "fid": 68.57, "fid_teacher": 31.06},
+    0.001: {"name": "KD 4", "fid": 79.38, "fid_teacher": 30.94},
+}
+THESIS_KD = {"sec": 34, "mem_gb": 1.89, "size_mb": 38}
+STAGE_LABEL = {"teacher": "model 1 (teacher, data 1)", "full": "model 2, full training (data 2)",
+               "transfer": "model 2, transfer learning (data 2)"}
+MISSING = "—"
+
+
+# ----------------------------------------------------------------------------- ΔFID
+
+def delta_fid_percent(fid_method, fid_plain):
+    """ΔFID of a method vs plain training, in percent, as the thesis' Table 3.3 defines it.
+
+        ΔFID % = -(FID_method - FID_plain) / FID_plain * 100
+
+    Negative = the method's FID is higher (worse) than plain training's; 0 for plain training itself. "Plain"
+    is the ordinary training of the same generator on the same data: model 2 full for transfer learning
+    (both on dataset 2), the teacher (model 1) for distillation (both on dataset 1). The thesis' own numbers:
+    transfer 127.517 vs full 114.58 -> -11.29 %, printed -11.2; KD 2 68.69 vs teacher 63.95 -> -7.41 %,
+    printed -7.4. -11.29 rounds to -11.3, so the thesis truncated toward zero; `format_delta` does the same,
+    which reproduces both of its figures exactly. None when either FID is missing.
+    """
+    if fid_method is None or fid_plain is None:
+        return None
+    return -(fid_method - fid_plain) / fid_plain * 100.0
+
+
+def format_delta(value):
+    """One decimal, truncated toward zero as in the thesis (-11.29 -> "-11.2"), signed ("+3.1"); "0.0" for zero."""
+    if value is None:
+        return MISSING
+    tenths = math.trunc(value * 10 + math.copysign(1e-9, value))  # 1e-9: 7.4 stored as 7.39999... stays 7.4
+    return "0.0" if tenths == 0 else f"{tenths / 10:+.1f}"
+
+
+# ----------------------------------------------------------------------------- number formats
+
+def fmt_sig(value, digits=3):
+    """`digits` significant digits, never an exponent: 59.5, 4.03, 0.00488, 1234."""
+    if value is None:
+        return MISSING
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+def fmt_fixed(decimals):
+    return lambda v: MISSING if v is None else f"{v:.{decimals}f}"
+
+
+def fmt_thesis(value):
+    """The thesis' numbers as it printed them (127.517, 29.8, 34)."""
+    return MISSING if value is None else f"{value:g}"
+
+
+def fmt_kid(mean, std):
+    if mean is None:
+        return MISSING
+    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+
+
+# ----------------------------------------------------------------------------- reading a study
+
+def _read_json(path, warnings, what):
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        return obj
+    except (OSError, ValueError) as e:
+        warnings.append(f"{what}: cannot read {path} ({e}); shown as {MISSING}")
+        return None
+
+
+def kd_stage(alpha):
+    """The run directory name experiments.sh gives an alpha: kd_a0.05."""
+    return f"kd_a{alpha:g}"
+
+
+def find_kd_stages(runs_dir):
+    """{alpha: stage name} of the kd_a<alpha> folders under runs_dir (or of their FID files)."""
+    found = {}
+    names = [os.path.basename(p) for p in glob.glob(os.path.join(runs_dir, "kd_a*"))]
+    names += [os.path.basename(p)[:-5] for p in glob.glob(os.path.join(runs_dir, "fid", "kd_a*.json"))
+              if not p.endswith("_vs_teacher.json")]
+    for name in names:
+        m = re.fullmatch(r"kd_a([0-9.]+)", name)
+        if m:
+            try:
+                found.setdefault(float(m.group(1)), name)
+            except ValueError:
+                pass
+    return found
+
+
+def load_runs(runs_dir, alphas=None):
+    """Everything the tables need from a study directory.
+
+    Returns {"root", "stages": {stage: {"summary", "fid", "fid_teacher", "alpha"}}, "kd": [(alpha, stage)],
+    "warnings": [...]}. `alphas`: the KD rows, in order (default: the thesis' four, then any other kd_a*
+    found). A missing or unreadable file gives None and a warning. A directory without any result at all is
+    a UserError.
+    """
+    if not os.path.isdir(runs_dir):
+        raise UserError(f"{runs_dir}: no such directory (give the --out of experiments.sh, e.g. runs/study)")
+    found = find_kd_stages(runs_dir)
+    if alphas is None:
+        alphas = list(THESIS_ALPHAS) + sorted((a for a in found if a not in THESIS_ALPHAS), reverse=True)
+    kd = [(a, found.get(a, kd_stage(a))) for a in alphas]
+    warnings = []
+    stages = {}
+    for stage, alpha in [("teacher", None), ("full", None), ("transfer", None)] + [(s, a) for a, s in kd]:
+        rec = {"alpha": alpha, "summary": _read_json(os.path.join(runs_dir, stage, "summary.json"), warnings, stage),
+               "fid": _read_json(os.path.join(runs_dir, "fid", f"{stage}.json"), warnings, stage),
+               "fid_teacher": None}
+        if alpha is not None:
+            rec["fid_teacher"] = _read_json(os.path.join(runs_dir, "fid", f"{stage}_vs_teacher.json"), warnings, stage)
+        stages[stage] = rec
+    if not any(r["summary"] or r["fid"] or r["fid_teacher"] for r in stages.values()):
+        raise UserError(f"{runs_dir} holds no study results (no <stage>/summary.json, no fid/<stage>.json): "
+                        f"run experiments.sh --out {runs_dir} first")
+    for stage, rec in stages.items():
+        missing = [f"{stage}/summary.json"] if rec["summary"] is None else []
+        missing += [f"fid/{stage}.json"] if rec["fid"] is None else []
+        if rec["alpha"] is not None and rec["fid_teacher"] is None:
+            missing.append(f"fid/{stage}_vs_teacher.json")
+        if missing:
+            warnings.append(f"{stage}: missing {', '.join(missing)}; its cells show {MISSING}")
+    return {"root": runs_dir, "stages": stages, "kd": kd, "warnings": warnings}
+
+
+def _get(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d
+
+
+def _gb(summary, key):
+    mb = _get(summary, key)
+    return None if mb is None else mb / 1024.0
+
+
+def _row_values(rec):
+    """The measured values of one stage (None where missing)."""
+    s = rec["summary"]
+    return {"fid": _get(rec["fid"], "fid"), "kid": _get(rec["fid"], "kid_mean"), "kid_std": _get(rec["fid"], "kid_std"),
+            "fid_teacher": _get(rec["fid_teacher"], "fid"), "sec": _get(s, "sec_per_epoch"), "epochs": _get(s, "epochs"),
+            "mem_device_gb": _gb(s, "peak_mem_mb"), "mem_tensor_gb": _gb(s, "peak_tensor_mb"),
+            "size_mb": _get(s, "generator_mb")}
+
+
+# ----------------------------------------------------------------------------- tables
+
+class Table:
+    """A titled table: `columns` = [(markdown header, csv header)], `rows` = [[markdown cell]] and matching
+    `csv_rows` (same cells, a missing value empty, KID split into mean and std), plus notes under it."""
+
+    def __init__(self, name, title, columns, notes=()):
+        self.name, self.title, self.columns, self.notes = name, title, columns, list(notes)
+        self.rows, self.csv_rows = [], []
+
+    def add(self, cells):
+        """cells: [(markdown text, [csv values])] per column."""
+        self.rows.append([md for md, _ in cells])
+        self.csv_rows.append([v for _, values in cells for v in values])
+
+    @property
+    def csv_header(self):
+        return [h for _, hs in self.columns for h in hs]
+
+
+def _cell(fmt, value):
+    text = fmt(value)
+    return text, ["" if value is None else text]
+
+
+def _kid_cell(mean, std):
+    return fmt_kid(mean, std), ["" if mean is None else f"{mean:.4f}", "" if std is None else f"{std:.4f}"]
+
+
+def _text(value):
+    return (MISSING if value is None else str(value)), ["" if value is None else str(value)]
+
+
+MEM_COLUMNS = [("memory GB, device peak (ours)", ["mem_gb_device"]), ("memory GB, tensors (ours)", ["mem_gb_tensors"]),
+               ("memory GB (thesis)", ["mem_gb_thesis"])]
+MEM_NOTE = ("memory: \"device peak\" = `peak_mem_mb` (on CUDA the allocator's peak, as the thesis measured; on a "
+            "CPU the process' peak RSS, Python and torch included); \"tensors\" = `peak_tensor_mb` (parameters, "
+            "gradients, optimizer state and saved activations; device independent); GB = MiB / 1024.")
+
+
+def table_3_1(runs):
+    """Table 3.1, transfer learning: model 1 (teacher), model 2 full, model 2 transfer."""
+    t = Table("table3_1", "Table 3.1 — transfer learning", [
+        ("model", ["model"]), ("epochs (ours)", ["epochs"]), ("FID (ours)", ["fid"]), ("FID (thesis)", ["fid_thesis"]),
+        ("KID (ours)", ["kid_mean", "kid_std"]), ("sec/epoch (ours)", ["sec_per_epoch"]),
+        ("sec/epoch (thesis)", ["sec_per_epoch_thesis"])] + MEM_COLUMNS,
+        notes=["FID and KID of model 1 vs dataset 1, of both models 2 vs dataset 2.", MEM_NOTE])
+    for stage in ("teacher", "full", "transfer"):
+        v, th = _row_values(runs["stages"][stage]), THESIS[stage]
+        t.add([_text(STAGE_LABEL[stage]), _text(v["epochs"]), _cell(fmt_fixed(2), v["fid"]),
+               _cell(fmt_thesis, th["fid"]), _kid_cell(v["kid"], v["kid_std"]), _cell(fmt_sig, v["sec"]),
+               _cell(fmt_thesis, th["sec"]), _cell(fmt_sig, v["mem_device_gb"]), _cell(fmt_sig, v["mem_tensor_gb"]),
+               _cell(fmt_thesis, th["mem_gb"])])
+    return t
+
+
+def table_3_2(runs):
+    """Table 3.2, knowledge distillation: one row per alpha."""
+    t = Table("table3_2", "Table 3.2 — knowledge distillation", [
+        ("model", ["model"]), ("α", ["alpha"]), ("epochs (ours)", ["epochs"]),
+        ("FID vs data 1 (ours)", ["fid"]), ("FID vs data 1 (thesis)", ["fid_thesis"]),
+        ("FID vs teacher (ours)", ["fid_teacher"]), ("FID vs teacher (thesis)", ["fid_teacher_thesis"]),
+        ("KID vs data 1 (ours)", ["kid_mean", "kid_std"]), ("sec/epoch (ours)", ["sec_per_epoch"]),
+        ("sec/epoch (thesis)", ["sec_per_epoch_thesis"])] + MEM_COLUMNS,
+        notes=["FID vs teacher: the student's samples vs the teacher's samples (same count, same seed).", MEM_NOTE])
+    for alpha, stage in runs["kd"]:
+        v = _row_values(runs["stages"][stage])
+        th = THESIS.get(alpha, {})
+        name = th.get("name", f"KD α={alpha:g}")
+        t.add([_text(name), _text(f"{alpha:g}"), _text(v["epochs"]), _cell(fmt_fixed(2), v["fid"]),
+               _cell(fmt_thesis, th.get("fid")), _cell(fmt_fixed(2), v["fid_teacher"]),
+               _cell(fmt_thesis, th.get("fid_teacher")), _kid_cell(v["kid"], v["kid_std"]), _cell(fmt_sig, v["sec"]),
+               _cell(fmt_thesis, THESIS_KD["sec"] if th else None), _cell(fmt_sig, v["mem_device_gb"]),
+               _cell(fmt_sig, v["mem_tensor_gb"]), _cell(fmt_thesis, THESIS_KD["mem_gb"] if th else None)])
+    return t
+
+
+def table_3_3(runs, kd_alpha=0.05):
+    """Table 3.3, summary: transfer learning, distillation (`kd_alpha`'s run), plain training (the teacher)."""
+    stages = runs["stages"]
+    kd_name = dict(runs["kd"]).get(kd_alpha, kd_stage(kd_alpha))
+    kd_rec = stages.get(kd_name) or {"summary": None, "fid": None, "fid_teacher": None}
+    teacher, full, transfer, kd = (_row_values(stages["teacher"]), _row_values(stages["full"]),
+                                   _row_values(stages["transfer"]), _row_values(kd_rec))
+    t = Table("table3_3", "Table 3.3 — summary", [
+        ("method", ["method"]), ("memory GB, device peak (ours)", ["mem_gb_device"]),
+        ("memory GB, tensors (ours)", ["mem_gb_tensors"]), ("memory GB (thesis)", ["mem_gb_thesis"]),
+        ("model size MB (ours)", ["size_mb"]), ("model size MB (thesis)", ["size_mb_thesis"]),
+        ("ΔFID % vs plain (ours)", ["delta_fid_pct"]), ("ΔFID % vs plain (thesis)", ["delta_fid_pct_thesis"]),
+        ("ΔFID reference", ["delta_fid_reference"])],
+        notes=["ΔFID % = -(FID_method - FID_plain) / FID_plain * 100, truncated to one decimal as the thesis did "
+               "(its -11.2 is -11.29); negative = worse than plain training. Plain training = the same generator "
+               "trained normally on the same data: model 2 full (data 2) for transfer learning, model 1 (the "
+               "teacher, data 1) for distillation.",
+               f"knowledge distillation row: the α = {kd_alpha:g} run ({kd_name}); the thesis' best was α = 0.05 "
+               "(report.py --kd-alpha to choose another).",
+               "plain training row: model 1 (the teacher): its memory and size; its ΔFID is 0 by definition.",
+               "model size: the generator's fp32 state_dict in MiB (the thesis' 186 MB / 38 MB are its saved files).",
+               MEM_NOTE])
+    th_t, th_k = THESIS["transfer"], THESIS.get(kd_alpha, {})
+
+    def row(method, v, thesis_mem, thesis_size, delta, thesis_delta, plain):
+        t.add([_text(method), _cell(fmt_sig, v["mem_device_gb"]), _cell(fmt_sig, v["mem_tensor_gb"]),
+               _cell(fmt_thesis, thesis_mem), _cell(fmt_fixed(1), v["size_mb"]), _cell(fmt_thesis, thesis_size),
+               (format_delta(delta), ["" if delta is None else format_delta(delta)]),
+               (format_delta(thesis_delta), ["" if thesis_delta is None else format_delta(thesis_delta)]),
+               _text(plain)])
+
+    row("transfer learning", transfer, th_t["mem_gb"], th_t["size_mb"],
+        delta_fid_percent(transfer["fid"], full["fid"]), th_t["delta"], "model 2 full")
+    row(f"knowledge distillation (α={kd_alpha:g})", kd, THESIS_KD["mem_gb"] if th_k else None,
+        THESIS_KD["size_mb"] if th_k else None, delta_fid_percent(kd["fid"], teacher["fid"]),
+        th_k.get("delta", delta_fid_percent(th_k.get("fid"), THESIS["teacher"]["fid"])), "model 1 (teacher)")
+    row("plain training", teacher, THESIS["teacher"]["mem_gb"], THESIS["teacher"]["size_mb"],
+        None if teacher["fid"] is None else 0.0, 0.0, "itself (model 1)")
+    return t
+
+
+# ----------------------------------------------------------------------------- output formats
+
+def _md_escape(text):
+    return str(text).replace("|", "\\|")
+
+
+def to_markdown(table):
+    """The table as Markdown: `### title`, the header, the rows, then its notes as a list."""
+    lines = [f"### {table.title}", "",
+             "| " + " | ".join(_md_escape(h) for h, _ in table.columns) + " |",
+             "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in table.rows]
+    if table.notes:
+        lines.append("")
+        lines += [f"- {n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table, path=None):
+    """The table as CSV text (a header row, then one row per model); also written to `path` if given."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table.csv_header)
+    writer.writerows(table.csv_rows)
+    text = buf.getvalue()
+    if path is not None:
+        common.atomic_write(path, lambda tmp: open(tmp, "w", encoding="utf-8").write(text))
+    return text
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _font(size=14):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _snapshot_rows(run_dir, max_rows=8):
+    """[(epoch, row image)] from <run>/snapshots/epoch_*.png, at most `max_rows` evenly spread (last kept);
+    falls back to the one timeline.png (epoch None) when there are no snapshots."""
+    from PIL import Image
+    files = sorted(glob.glob(os.path.join(run_dir, "snapshots", "epoch_*.png")))
+    if len(files) > max_rows:
+        idx = sorted({round(i * (len(files) - 1) / (max_rows - 1)) for i in range(max_rows)})
+        files = [files[i] for i in idx]
+    rows = []
+    for f in files:
+        m = re.search(r"epoch_(\d+)\.png$", f)
+        with Image.open(f) as im:
+            rows.append((int(m.group(1)), im.convert("RGB")))
+    if not rows and os.path.isfile(os.path.join(run_dir, "timeline.png")):
+        with Image.open(os.path.join(run_dir, "timeline.png")) as im:
+            rows.append((None, im.convert("RGB")))
+    return rows
+
+
+def stage_label(runs, stage):
+    alpha = runs["stages"][stage]["alpha"]
+    if alpha is None:
+        return {"teacher": "model 1 (teacher)", "full": "model 2 full", "transfer": "model 2 transfer"}.get(stage, stage)
+    return f"{THESIS[alpha]['name']}, alpha={alpha:g}" if alpha in THESIS else f"KD alpha={alpha:g}"
+
+
+def timelines_figure(runs, path, max_rows=8):
+    """The fixed-vector timelines of the runs side by side, a label above each and the epoch left of each row:
+    teacher, full and transfer in the first band (thesis Fig. 3.2), the KD runs in the second (Figs. 3.5/3.6).
+    Returns the stages drawn ([] and no file when none has snapshots)."""
+    from PIL import Image, ImageDraw
+    font = _font()
+    bands = [["teacher", "full", "transfer"], [stage for _, stage in runs["kd"]]]
+    panels = []  # per band: [(stage, label, rows)]
+    for band in bands:
+        panels.append([])
+        for stage in band:
+            rows = _snapshot_rows(os.path.join(runs["root"], stage), max_rows)
+            if rows:
+                panels[-1].append((stage, stage_label(runs, stage), rows))
+            else:
+                runs["warnings"].append(f"{stage}: no snapshots/ or timeline.png; left out of timelines.png")
+    panels = [band for band in panels if band]
+    if not panels:
+        return []
+    pad, label_h, epoch_w = 10, 20, 56
+
+    def size(rows):
+        return epoch_w + max(r.width for _, r in rows), label_h + sum(r.height + 2 for _, r in rows)
+
+    band_w = [sum(size(rows)[0] for _, _, rows in band) + pad * (len(band) - 1) for band in panels]
+    band_h = [max(size(rows)[1] for _, _, rows in band) for band in panels]
+    sheet = Image.new("RGB", (max(band_w) + 2 * pad, sum(band_h) + pad * (len(panels) + 1)), "white")
+    draw = ImageDraw.Draw(sheet)
+    y0 = pad
+    for band, h in zip(panels, band_h):
+        x = pad
+        for stage, label, rows in band:
+            draw.text((x + epoch_w, y0), label, fill="black", font=font)
+            y = y0 + label_h
+            for epoch, im in rows:
+                if epoch is not None:
+                    draw.text((x, y + im.height // 2 - 8), f"ep {epoch}", fill="black", font=font)
+                sheet.paste(im, (x + epoch_w, y))
+                y += im.height + 2
+            x += size(rows)[0] + pad
+        y0 += h + pad
+    common.atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    return [stage for band in panels for stage, _, _ in band]
+
+
+def sample_grid(folder, path, n=36, ncol=6):
+    """The first `n` NNNNN.png images of a samples folder as one grid (2 px white padding); False if none."""
+    from PIL import Image
+    files = sorted(f for f in glob.glob(os.path.join(folder, "*.png")) if re.fullmatch(r"\d+\.png", os.path.basename(f)))[:n]
+    if not files:
+        return False
+    images = []
+    for f in files:
+        with Image.open(f) as im:
+            images.append(im.convert("RGB"))
+    w, h = images[0].width, images[0].height
+    nrow = math.ceil(len(images) / ncol)
+    cols = min(ncol, len(images))
+    sheet = Image.new("RGB", (cols * (w + 2) + 2, nrow * (h + 2) + 2), "white")
+    for i, im in enumerate(images):
+        sheet.paste(im, (2 + (i % ncol) * (w + 2), 2 + (i // ncol) * (h + 2)))
+    common.atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    return True
+
+
+# ----------------------------------------------------------------------------- the whole report
+
+def _settings_lines(runs):
+    """What was run: data, size, width, batch, what one epoch is (the thesis' epochs differ), the FID setup."""
+    lines = []
+    t = runs["stages"]["teacher"]["summary"]
+    if t:
+        a = t.get("args", {})
+        iters, n_critic = a.get("iters_per_epoch"), a.get("n_critic")
+        critic = f" and {iters * n_critic} critic" if isinstance(iters, int) and isinstance(n_critic, int) else ""
+        lines.append(f"- teacher: data `{a.get('data')}`, {a.get('img_size')}x{a.get('img_size')}, width "
+                     f"{a.get('width')}, batch {a.get('batch_size')}, {t.get('epochs')} epochs of {iters} generator"
+                     f"{critic} updates (thesis: 128x128, width 1, 4000 epochs of 25 generator and 200 critic "
+                     f"updates), device {t.get('device')}")
+    kd = next((runs["stages"][s]["summary"] for _, s in runs["kd"] if runs["stages"][s]["summary"]), None)
+    if kd:
+        a = kd.get("args", {})
+        lines.append(f"- KD: batch {a.get('batch_size')}, {kd.get('epochs')} epochs of {a.get('iters_per_epoch')} "
+                     f"iterations (thesis: batch 8, epochs of 100), device {kd.get('device')}")
+    fids = [r["fid"] for r in runs["stages"].values() if r["fid"]]
+    if fids:
+        f = fids[0]
+        weights = os.path.basename(f["weights"]) if f.get("weights") else "?"
+        lines.append(f"- FID: {f.get('dims')}-dim Inception features, {f.get('n_a')} generated vs {f.get('n_b')} "
+                     f"reference images, weights `{weights}`; KID: unscaled MMD², mean ± std over "
+                     f"{f.get('kid_subsets')} subsets of {f.get('kid_subset_size')}")
+        if f.get("dims") != 2048:
+            lines.append("- note: FID on fewer than 2048 features is not comparable to the thesis' (a smoke test)")
+    return lines
+
+
+def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05):
+    """Tables, CSVs and figures for `runs_dir` into `out` (default runs_dir/report); returns the report dict."""
+    out = out or os.path.join(runs_dir, "report")
+    runs = load_runs(runs_dir, alphas)
+    tables = [table_3_1(runs), table_3_2(runs), table_3_3(runs, kd_alpha)]
+    os.makedirs(out, exist_ok=True)
+    for t in tables:
+        to_csv(t, os.path.join(out, f"{t.name}.csv"))
+    drawn = timelines_figure(runs, os.path.join(out, "timelines.png"))
+    grids = []
+    for stage in runs["stages"]:
+        if sample_grid(os.path.join(runs_dir, "samples", stage), os.path.join(out, f"grid_{stage}.png")):
+            grids.append(stage)
+        else:
+            runs["warnings"].append(f"{stage}: no samples in samples/{stage}; no grid_{stage}.png")
+
+    md = [f"# Optimization of GANs — reproduction of Tables 3.1-3.3", "",
+          f"Study directory: `{os.path.abspath(runs_dir)}`. Ours beside the thesis' numbers (SPbU 2022, "
+          "128x128, GTX 1660 Ti).", ""]
+    md += _settings_lines(runs) + [""]
+    md += [to_markdown(t) for t in tables]
+    md.append("### Figures\n")
+    if drawn:
+        md.append(f"Fixed-vector timelines ({', '.join(drawn)}), as the thesis' Figs. 3.2, 3.5 and 3.6:\n")
+        md.append("![timelines](timelines.png)\n")
+    for stage in grids:
+        md.append(f"- {stage}: ![{stage}](grid_{stage}.png)")
+    if grids:
+        md.append("")
+    if runs["warnings"]:
+        md.append("### Warnings\n")
+        md += [f"- {w}" for w in runs["warnings"]]
+        md.append("")
+    text = "\n".join(md)
+    common.atomic_write(os.path.join(out, "report.md"),
+                        lambda tmp: open(tmp, "w", encoding="utf-8").write(text))
+    return {"out": out, "tables": tables, "warnings": runs["warnings"], "markdown": text}
+
+
+def _alphas(text):
+    try:
+        values = [float(a) for a in text.split()]
+    except ValueError:
+        raise UserError(f"--alphas must be numbers separated by spaces, got {text!r}") from None
+    if not values:
+        raise UserError("--alphas is empty")
+    return values
+
+
+def main(argv=None):
+    p = common.ArgumentParser(prog="report.py", description=__doc__)
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="the study directory (experiments.sh --out)")
+    p.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report)")
+    p.add_argument("--alphas", default=None, help="KD rows, e.g. \"0.3 0.05\" (default: the thesis' four and any other kd_a* found)")
+    p.add_argument("--kd-alpha", type=float, default=0.05, help="the KD run in Table 3.3 (default: %(default)s, the thesis' best)")
+    args = p.parse_args(argv)
+    result = write_report(args.runs_dir, args.out, _alphas(args.alphas) if args.alphas else None, args.kd_alpha)
+    for w in result["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {os.path.join(result['out'], 'report.md')}, table3_1.csv, table3_2.csv, table3_3.csv and figures")
+
+
+if __name__ == "__main__":
+    common.run_main(main)

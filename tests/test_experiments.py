@@ -1,0 +1,144 @@
+"""experiments.sh end to end: the --demo study runs, fills every cell of Tables 3.1-3.3, draws the figures, and a
+second run skips every stage.
+
+FID uses random-weight Inception (saved here and passed by --weights; TORCH_HOME points at an empty temp
+folder so the hub cache is never read or downloaded), so the numbers are meaningless: the test checks the chain.
+About 1-3 minutes on 2 CPU cores (the --demo settings).
+"""
+import csv
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import compute_fid as cf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments.sh")
+KD = ["kd_a0.3", "kd_a0.05", "kd_a0.01", "kd_a0.001"]
+MODELS = ["teacher", "full", "transfer"] + KD
+STAGES = (MODELS + [f"samples/{m}" for m in MODELS]
+          + ["real1", "fid/ref_data1.npz", "real2", "fid/ref_data2.npz", "fid/ref_teacher.npz"]
+          + ["fid/teacher.json", "fid/full.json", "fid/transfer.json"]
+          + [f for k in KD for f in (f"fid/{k}.json", f"fid/{k}_vs_teacher.json")])
+
+
+def env_for(tmp):
+    env = dict(os.environ, TORCH_HOME=str(tmp / "torch_home"), PYTHON=sys.executable,
+               GANOPT_CACHE=str(tmp / "cache"))
+    for name in ("DATA1", "DATA2", "SIZE", "WIDTH", "BATCH_SIZE", "KD_BATCH_SIZE", "EPOCHS_TEACHER", "EPOCHS_TRANSFER",
+                 "EPOCHS_KD", "ITERS_PER_EPOCH", "N_CRITIC", "SNAPSHOT_EVERY", "SAVE_EVERY", "ALPHAS", "N_SAMPLES", "FID_DIMS",
+                 "KID_SUBSETS", "KID_SUBSET_SIZE", "WEIGHTS", "DEVICE", "THREADS", "OUT", "DEMO"):
+        env.pop(name, None)  # the study's settings come from the flags only
+    return env
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Run the demo study twice; returns (out dir, first run, second run, second run's seconds)."""
+    tmp = tmp_path_factory.mktemp("study")
+    torch.manual_seed(0)
+    net = cf.fid_inception_v3_arch()
+    for mod in net.modules():  # kaiming: activations stay O(1) through the net, so FIDs are not all ~0
+        if isinstance(mod, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+    weights = tmp / "random_inception.pth"
+    torch.save(net.state_dict(), weights)
+    out = tmp / "out"
+    cmd = ["bash", SCRIPT, "--demo", "--out", str(out), "--weights", str(weights), "--device", "cpu"]
+    env = env_for(tmp)
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    t0 = time.time()
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return out, first, second, time.time() - t0
+
+
+def stage_lines(stdout):
+    return [ln for ln in stdout.splitlines() if ln.startswith("[stage] ")]
+
+
+def table_rows(md):
+    return [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| model |")
+            and not ln.startswith("| method |")]
+
+
+def test_first_run_runs_every_stage_in_order(study):
+    _, first, _, _ = study
+    lines = stage_lines(first.stdout)
+    assert lines == [f"[stage] {s}: running" for s in STAGES] + ["[stage] report: running"]
+    assert "study done in" in first.stdout
+
+
+def test_stage_layout(study):
+    out = study[0]
+    for m in MODELS:
+        for name in ("summary.json", "generator.pt", "ckpt.pt", "timeline.png"):
+            assert (out / m / name).is_file(), f"{m}/{name}"
+        assert len(list((out / "samples" / m).glob("*.png"))) == 50
+        assert (out / "fid" / f"{m}.json").is_file()
+    for name in ("ref_data1.npz", "ref_data2.npz", "ref_teacher.npz"):
+        assert (out / "fid" / name).is_file()
+    assert len(list((out / "real1").glob("*.png"))) == 50
+
+
+def test_report_has_every_cell_filled(study):
+    out = study[0]
+    md = (out / "report" / "report.md").read_text(encoding="utf-8")
+    for title in ("Table 3.1", "Table 3.2", "Table 3.3"):
+        assert f"### {title}" in md
+    rows = table_rows(md)
+    assert len(rows) == 3 + 4 + 3
+    for row in rows:
+        assert "—" not in row, row
+    assert "### Warnings" not in md
+    for name in ("table3_1.csv", "table3_2.csv", "table3_3.csv"):
+        with open(out / "report" / name, newline="", encoding="utf-8") as f:
+            data = list(csv.reader(f))
+        assert len(data) > 1 and all(cell != "" for row in data for cell in row), name
+    # the demo's settings are stated, and the models are the ones trained here
+    assert "64-dim Inception features, 50 generated vs 50 reference images" in md
+    assert re.search(r"\| model 1 \(teacher, data 1\) \| 2 \| ", md)
+
+
+def test_figures(study):
+    from PIL import Image
+    report_dir = study[0] / "report"
+    with Image.open(report_dir / "timelines.png") as im:
+        # first band: teacher, full, transfer; second band: the four KD runs; 6 fixed vectors of 64 px each
+        assert im.width >= 4 * 6 * 64 and im.height >= 2 * 3 * 64
+    for m in MODELS:
+        with Image.open(report_dir / f"grid_{m}.png") as im:
+            assert im.size == (6 * 66 + 2, 6 * 66 + 2)
+
+
+def test_second_run_skips_every_stage(study):
+    _, _, second, seconds = study
+    lines = stage_lines(second.stdout)
+    assert len(lines) == len(STAGES) + 1
+    for stage, line in zip(STAGES, lines):
+        assert line.startswith(f"[stage] {stage}: done, skipping"), line
+    assert lines[-1] == "[stage] report: running"
+    assert "train_wgan.py" not in second.stdout and "compute_fid.py" not in second.stdout
+    assert seconds < 60  # a JSON read per training stage and the report: seconds, even on a busy machine
+
+
+def test_help_and_bad_flags(tmp_path):
+    exe = subprocess.run([SCRIPT, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)  # ./experiments.sh
+    assert exe.returncode == 0 and "--epochs-teacher" in exe.stdout and "--demo" in exe.stdout
+    bad = subprocess.run(["bash", SCRIPT, "--bogus"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown argument: --bogus" in bad.stderr
+    env = dict(env_for(tmp_path), STUDY_SIZE="abc")
+    bad = subprocess.run(["bash", SCRIPT, "--out", str(tmp_path / "o")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 2 and "SIZE must be a positive integer, got 'abc'" in bad.stderr
+    env = dict(env_for(tmp_path), STUDY_SIZE="abc")  # a flag wins over the environment
+    ok = subprocess.run(["bash", SCRIPT, "--size", "64", "--data1", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 2 and "neither a folder nor a demo spec" in ok.stderr
+    assert not (tmp_path / "o").exists()
