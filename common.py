@@ -273,6 +273,24 @@ def prepare_out_dir(out, resume):
     return None
 
 
+def open_run(args, script, device):
+    """Check --out and --resume before anything slow: returns the checkpoint to resume (loaded) or None.
+
+    Called first thing by every training script, so a wrong directory or checkpoint fails in one line before
+    a dataset is decoded or a model built.
+    """
+    path = prepare_out_dir(args.out, args.resume)
+    if path is None:
+        return None
+    ckpt = load_checkpoint(path, device)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a training checkpoint of this toolkit")
+    if ckpt.get("script") != script:
+        raise UserError(f"{path} was written by {ckpt.get('script')}, not {script}")
+    ckpt["path"] = path
+    return ckpt
+
+
 # ----------------------------------------------------------------------------- metrics
 
 class RunLog:
@@ -548,7 +566,7 @@ class Run:
     interrupted and resumed produces bitwise the same weights as one that was not (on the same device).
     """
 
-    def __init__(self, args, script, models, optimizers, batches, generator_key="G", extra_checkpoint=None):
+    def __init__(self, args, script, models, optimizers, batches, resume=None, generator_key="G", extra_checkpoint=None):
         self.args, self.script = args, script
         self.models, self.optimizers, self.batches = models, optimizers, batches
         self.generator_key = generator_key
@@ -557,9 +575,8 @@ class Run:
         self.device = next(next(iter(models.values())).parameters()).device
         self.ckpt_path = os.path.join(self.out, "ckpt.pt")
         self.epoch, self.step = 0, 0
-        resume_from = prepare_out_dir(self.out, args.resume)
-        if resume_from:
-            self._restore(resume_from)
+        if resume is not None:  # the checkpoint `open_run` loaded
+            self._restore(resume)
         G = models[generator_key]
         self.snapshots = Snapshots(self.out, G.config["nz"], self.device)
         self.log = RunLog(self.out, args.epochs, start_epoch=self.epoch)
@@ -570,12 +587,8 @@ class Run:
             opt.register_step_post_hook(lambda *a: self.meter.sample())
         self.sec = []
 
-    def _restore(self, path):
-        ckpt = load_checkpoint(path, self.device)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{path} is not a training checkpoint of this toolkit")
-        if ckpt.get("script") != self.script:
-            raise UserError(f"{path} was written by {ckpt.get('script')}, not {self.script}")
+    def _restore(self, ckpt):
+        path = ckpt["path"]
         for key, model in self.models.items():
             if ckpt[key]["config"] != model.config:
                 raise UserError(f"{path}: its {key} is {ckpt[key]['config']}, but the flags give {model.config}")
@@ -586,6 +599,7 @@ class Run:
         set_rng_state(ckpt["rng"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.restored_memory = ckpt.get("memory")
+        ckpt.clear()  # the weights now live in the models: drop the loaded copies (they would inflate the peak)
         print(f"resumed {path} at epoch {self.epoch} (step {self.step})", flush=True)
 
     def save(self):

@@ -100,6 +100,7 @@ def main(argv=None):
 
     device = train_wgan.setup_device(args)
     teacher, tconf = load_teacher(args.teacher, device, args.img_size, args.nz)
+    resume = common.open_run(args, "train_kd", device)
     args.img_size, args.nz = tconf["img_size"], tconf["nz"]
     G = arch.GeneratorKD(nz=args.nz, img_size=args.img_size, width=args.width).to(device)
     D = arch.DCGANDiscriminator(img_size=args.img_size, width=args.width).to(device)
@@ -111,7 +112,8 @@ def main(argv=None):
     print(f"{dataset.name}: {len(dataset)} images | teacher {args.teacher} ({arch.count_params(teacher):,} params) -> "
           f"student {arch.count_params(G):,} params | alpha {args.alpha} | {device}", flush=True)
 
-    run = common.Run(args, "train_kd", models={"G": G, "D": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batches=batches)
+    run = common.Run(args, "train_kd", models={"G": G, "D": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d},
+                     batches=batches, resume=resume)
     run.meter.models.append(teacher)  # the teacher's weights are training memory too
     G.train()
     D.train()

@@ -54,6 +54,7 @@ def main(argv=None):
         raise common.UserError("freezing needs a teacher: pass --init RUN_DIR (or --freeze-g 0 --freeze-d 0 for the from-scratch baseline)")
 
     device = train_wgan.setup_device(args)
+    resume = common.open_run(args, "train_transfer", device)
     G = arch.Generator(nz=args.nz, img_size=args.img_size, width=args.width).to(device)
     D = arch.Discriminator(img_size=args.img_size, width=args.width).to(device)
     G.apply(arch.weights_init)
@@ -78,7 +79,7 @@ def main(argv=None):
     print(f"{dataset.name}: {len(dataset)} images | init {args.init or 'none (from scratch)'} | frozen G {frozen_g or '-'}, "
           f"D {frozen_d or '-'} | trainable G {arch.count_params(G, True):,}/{arch.count_params(G):,}, "
           f"D {arch.count_params(D, True):,}/{arch.count_params(D):,} | {device}", flush=True)
-    train_wgan.train(args, G, D, batches, script="train_transfer", extra_summary={
+    train_wgan.train(args, G, D, batches, script="train_transfer", resume=resume, extra_summary={
         "init": args.init, "frozen_g": frozen_g, "frozen_d": frozen_d, "adapt_bn": args.adapt_bn,
         "frozen_params_g": arch.count_params(G) - arch.count_params(G, True),
         "frozen_params_d": arch.count_params(D) - arch.count_params(D, True)})

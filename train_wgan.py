@@ -114,12 +114,13 @@ def load_batches(args, device):
     return dataset, batches
 
 
-def train(args, G, D, batches, script="train_wgan", extra_summary=None):
+def train(args, G, D, batches, script="train_wgan", extra_summary=None, resume=None):
     """The WGAN-GP loop, shared with train_transfer.py (which passes partly frozen G and D)."""
     # Only what still needs a gradient goes to Adam: frozen parameters (transfer learning) get no state.
     opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=args.lr, betas=tuple(args.betas))
     opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=args.lr, betas=tuple(args.betas))
-    run = common.Run(args, script, models={"G": G, "D": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batches=batches)
+    run = common.Run(args, script, models={"G": G, "D": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d},
+                     batches=batches, resume=resume)
     G.train()
     D.train()
     device = next(G.parameters()).device
@@ -143,6 +144,7 @@ def train(args, G, D, batches, script="train_wgan", extra_summary=None):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = setup_device(args)
+    resume = common.open_run(args, "train_wgan", device)
     G = arch.Generator(nz=args.nz, img_size=args.img_size, width=args.width).to(device)
     D = arch.Discriminator(img_size=args.img_size, width=args.width).to(device)
     G.apply(arch.weights_init)
@@ -150,7 +152,7 @@ def main(argv=None):
     dataset, batches = load_batches(args, device)
     print(f"{dataset.name}: {len(dataset)} images at {args.img_size}x{args.img_size} | G {arch.count_params(G):,} "
           f"params, D {arch.count_params(D):,} | {device}", flush=True)
-    train(args, G, D, batches)
+    train(args, G, D, batches, resume=resume)
 
 
 if __name__ == "__main__":
