@@ -1,0 +1,123 @@
+"""Time compute_fid.py against `python -m pytorch_fid` on the same two folders, and check that the FIDs agree.
+
+Default: 500 random images of /work/shared/data/cat-faces-64 vs 500 of /work/shared/data/dog-faces-224 (the
+thesis' 500 vs 500), copied into a temp folder. Each round runs, one after the other:
+  1. python -m pytorch_fid A B             FID only (pytorch-fid's defaults, --device as given)
+  2. python compute_fid.py A B             FID + KID
+  3. python compute_fid.py --save-stats B B.npz   cache the reference side once
+  4. python compute_fid.py A B.npz         FID + KID against the cache: only A goes through Inception
+Rounds repeat --repeats times, interleaved, so a machine that gets busier part-way slows every command alike;
+the table shows medians. All are separate processes timed by wall clock (imports and model loading included).
+
+Examples:
+    python bench_fid.py                                   # 500 cats vs 500 dogs, 3 rounds, CPU
+    python bench_fid.py --n 200 --repeats 1               # quicker
+    python bench_fid.py --a samples/model1 --b data/real_500 --device cuda
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import common
+from common import UserError
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SHARED = "/work/shared/data"
+
+
+def copy_subset(src, dst, n, seed):
+    """The n files compute_fid.py --max-images n --seed seed would pick from src, copied to dst."""
+    import compute_fid  # heavy (torch): only when we actually copy
+    if not os.path.isdir(src):
+        raise UserError(f"{src}: no such folder (give --a/--b folders, or --src-a/--src-b to sample from)")
+    files = compute_fid.subsample(compute_fid.list_images(src), n, seed)
+    if len(files) < n:
+        raise UserError(f"{src} has only {len(files)} images, --n is {n}")
+    os.makedirs(dst)
+    for f in files:
+        shutil.copy2(f, dst)
+    return dst
+
+
+def timed(cmd):
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {last}")
+    return seconds, proc.stdout
+
+
+def main():
+    p = common.ArgumentParser(prog="bench_fid.py", description=__doc__.split("\n\n")[0],
+                              epilog=__doc__[__doc__.index("Examples:"):])
+    p.add_argument("--a", help="folder A, used as is (default: --n random images of --src-a)")
+    p.add_argument("--b", help="folder B, used as is (default: --n random images of --src-b)")
+    p.add_argument("--src-a", default=f"{SHARED}/cat-faces-64", help="where A is sampled from")
+    p.add_argument("--src-b", default=f"{SHARED}/dog-faces-224", help="where B is sampled from")
+    p.add_argument("--n", type=common.positive_int, default=500, help="images sampled per side (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    p.add_argument("--repeats", type=common.positive_int, default=3, help="rounds; medians are shown (default 3)")
+    p.add_argument("--device", default="cpu", help="passed to both tools (default cpu)")
+    p.add_argument("--workdir", help="keep the copies and outputs here (default: a temp folder, removed)")
+    args = p.parse_args()
+
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_fid_")
+    os.makedirs(work, exist_ok=True)
+    try:
+        a = args.a or copy_subset(args.src_a, os.path.join(work, "a"), args.n, args.seed)
+        b = args.b or copy_subset(args.src_b, os.path.join(work, "b"), args.n, args.seed)
+        for folder in (a, b):
+            if not os.path.isdir(folder):
+                raise UserError(f"{folder}: no such folder")
+        npz, js, js_cached = (os.path.join(work, name) for name in ("b_stats.npz", "ours.json", "ours_cached.json"))
+        py, ours = sys.executable, os.path.join(ROOT, "compute_fid.py")
+        commands = [
+            ("`python -m pytorch_fid A B` (FID)", [py, "-m", "pytorch_fid", a, b, "--device", args.device]),
+            ("`compute_fid.py A B` (FID + KID)", [py, ours, a, b, "--device", args.device, "--json", js]),
+            ("`compute_fid.py --save-stats B B.npz`", [py, ours, "--save-stats", b, npz, "--device", args.device]),
+            ("`compute_fid.py A B.npz` (FID + KID)", [py, ours, a, npz, "--device", args.device, "--json", js_cached]),
+        ]
+        print(f"A: {a}\nB: {b}\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
+              f"{args.repeats} round(s) of {len(commands)} commands", flush=True)
+        times = [[] for _ in commands]
+        fids = {}
+        for r in range(args.repeats):
+            for k, (name, cmd) in enumerate(commands):
+                seconds, out = timed(cmd)
+                times[k].append(seconds)
+                print(f"  round {r + 1}: {name} {seconds:.1f} s", flush=True)
+                if k == 0:
+                    match = re.search(r"FID:\s*(\S+)", out)
+                    fids["pytorch_fid A B"] = float(match.group(1)) if match else float("nan")
+                elif k in (1, 3):
+                    with open(js if k == 1 else js_cached) as f:
+                        fids["compute_fid A B" if k == 1 else "compute_fid A B.npz"] = json.load(f)["fid"]
+        print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
+
+        base = common.median(times[0])
+        print("| command | median s | vs pytorch_fid | runs (s) |\n|---|---|---|---|")
+        for (name, _), ts in zip(commands, times):
+            med = common.median(ts)
+            print(f"| {name} | {med:.1f} | {med / base:.2f}x | {', '.join(f'{t:.1f}' for t in ts)} |")
+        print()
+        ref = fids["pytorch_fid A B"]
+        agree = all(abs(v - ref) <= 1e-6 * max(1.0, abs(ref)) for v in fids.values())
+        for name, value in fids.items():
+            print(f"FID {name}: {value!r}")
+        print("FIDs agree" if agree else "FIDs DISAGREE")
+        if not agree:
+            sys.exit(1)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    common.run_main(main)
