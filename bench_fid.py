@@ -6,7 +6,8 @@ thesis' 500 vs 500), copied into a temp folder. Each round runs, one after the o
   2. python compute_fid.py A B             FID + KID
   3. python compute_fid.py --save-stats B B.npz   cache the reference side once
   4. python compute_fid.py A B.npz         FID + KID against the cache: only A goes through Inception
-Rounds repeat --repeats times, interleaved, so a machine that gets busier part-way slows every command alike;
+Rounds repeat --repeats times, interleaved, so a machine that gets busier part-way slows every command alike,
+and 1 and 2 swap places every other round (on a shared machine whose load drifts, going first is not neutral);
 the table shows medians. All are separate processes timed by wall clock (imports and model loading included).
 
 Examples:
@@ -89,7 +90,8 @@ def main():
         times = [[] for _ in commands]
         fids = {}
         for r in range(args.repeats):
-            for k, (name, cmd) in enumerate(commands):
+            for k in ([0, 1, 2, 3] if r % 2 == 0 else [1, 0, 2, 3]):
+                name, cmd = commands[k]
                 seconds, out = timed(cmd)
                 times[k].append(seconds)
                 print(f"  round {r + 1}: {name} {seconds:.1f} s", flush=True)
