@@ -68,9 +68,10 @@ class _Sequence(nn.Module):
     def forward(self, x):
         for i, (name, module) in enumerate(self.named_children()):
             if i < self.n_frozen and not x.requires_grad:
-                # A frozen block whose input needs no gradient has nothing to send a gradient to: run it
-                # without autograd so none of its activations are kept. (Frozen critic blocks fed an image
-                # that needs a gradient -- the gradient penalty, the generator step -- take the other branch.)
+                # A frozen block whose input needs no gradient has nothing to send a gradient to, so none of
+                # its activations need keeping. Autograd would record nothing here anyway (neither input nor
+                # weights need a gradient); no_grad states the intent. Frozen critic blocks fed an image that
+                # needs a gradient -- the gradient penalty, the generator step -- take the other branch.
                 with torch.no_grad():
                     x = self._block(name, module, x)
             else:
