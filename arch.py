@@ -69,14 +69,22 @@ class _Sequence(nn.Module):
         for i, (name, module) in enumerate(self.named_children()):
             if i < self.n_frozen and not x.requires_grad:
                 # A frozen block whose input needs no gradient has nothing to send a gradient to, so none of
-                # its activations need keeping. Autograd would record nothing here anyway (neither input nor
-                # weights need a gradient); no_grad states the intent. Frozen critic blocks fed an image that
-                # needs a gradient -- the gradient penalty, the generator step -- take the other branch.
+                # its activations need keeping (no_grad states it; autograd would record nothing anyway).
+                # Frozen critic blocks fed an image that needs a gradient (the penalty, the generator step)
+                # take the other branch.
                 with torch.no_grad():
-                    x = self._block(name, module, x)
+                    x = self._run(name, module, x)
             else:
-                x = self._block(name, module, x)
+                x = self._run(name, module, x)
         return x
+
+    def _run(self, name, module, x):
+        if getattr(module, "stored_dtype", None) is None:
+            return self._block(name, module, x)
+        # weights stored in low precision (see store_frozen): upcast this block's weights for its forward only,
+        # so the arithmetic is fp32 (or autocast's) even where bf16 arithmetic is emulated and slow
+        weights = {n: p.to(torch.float32) for n, p in module.named_parameters()}
+        return torch.func.functional_call(module, weights, (x,))
 
     def train(self, mode=True):
         super().train(mode)
@@ -207,22 +215,76 @@ def freezable_layers(model):
     return [name for name, m in model.named_children() if any(True for _ in m.parameters())]
 
 
+def frozen_count(model, n):
+    """`n` >= 0 counts blocks from the input side; `n` < 0 means all but the last |n| (-2: all but the last
+    block and the output layer -- the thesis' critic freezing at 128x128, the same structure at any size)."""
+    total = len(freezable_layers(model))
+    return total + n if n < 0 else n
+
+
 def freeze_layers(model, n, adapt_bn=False):
-    """Freeze the first `n` parameter blocks of `model` (transfer learning); returns their names.
+    """Freeze the first `n` parameter blocks of `model` (transfer learning; `n` < 0: see `frozen_count`);
+    returns their names.
 
     Frozen means: `requires_grad=False` (build the optimizer afterwards from the parameters that still need
     a gradient, so frozen ones get no Adam state), run without an autograd graph when their input needs no
     gradient (see `_Sequence.forward`), and BatchNorm running statistics fixed (eval mode) unless `adapt_bn`.
     """
     names = freezable_layers(model)
-    if not 0 <= n < len(names):
+    k = frozen_count(model, n)
+    if not 0 <= k < len(names):
         raise ValueError(f"cannot freeze {n} layers of {type(model).__name__}: it has {len(names)} "
                          f"({', '.join(names)}) and at least the last must train")
-    for name in names[:n]:
+    for name in names[:k]:
         getattr(model, name).requires_grad_(False)
-    model.n_frozen, model.adapt_bn = n, adapt_bn
+    model.n_frozen, model.adapt_bn = k, adapt_bn
     model.train(model.training)
-    return names[:n]
+    return names[:k]
+
+
+def store_frozen(model, dtype=torch.bfloat16, blocks=None):
+    """Keep the weights of the frozen blocks (or of the first `blocks`) in `dtype`: half the bytes, no gradient,
+    no optimizer state. They are upcast block by block while that block runs (see `_Sequence._run`); BatchNorm
+    running statistics stay fp32. Returns the bytes saved."""
+    saved = 0
+    for name, module in model.layers()[: model.n_frozen if blocks is None else blocks]:
+        for p in module.parameters():
+            saved += p.numel() * (p.element_size() - torch.finfo(dtype).bits // 8)
+            p.data = p.data.to(dtype)
+        module.stored_dtype = dtype
+    return saved
+
+
+def default_precision(device):
+    """'bf16' where bf16 arithmetic is fast (CUDA with bf16 support; a CPU measured doing a bf16 matrix product
+    faster than an fp32 one: AMX / AVX512-BF16), else 'fp32'. CPUs without native bf16 emulate it ~10-20x
+    slower, so there a quick measurement (~10 ms) decides rather than the CPU's name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if bf16_speedup() > 1.2 else "fp32"
+
+
+def bf16_speedup(n=256, rounds=5):
+    """fp32 time / bf16 time of an n x n matrix product on this CPU (> 1: bf16 is native and faster; emulated
+    bf16 gives ~0.06). Best of `rounds` interleaved timings, so a busy machine does not flip the answer;
+    measured once per process."""
+    if _BF16_SPEEDUP:
+        return _BF16_SPEEDUP[0]
+    import time
+    a32 = torch.randn(n, n)
+    a16 = a32.to(torch.bfloat16)
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for i, a in enumerate((a32, a16)):
+            t0 = time.perf_counter()
+            a @ a
+            best[i] = min(best[i], time.perf_counter() - t0)
+    _BF16_SPEEDUP.append(best[0] / max(best[1], 1e-9))
+    return _BF16_SPEEDUP[0]
+
+
+_BF16_SPEEDUP = []
 
 
 def infer_config(state_dict):
@@ -247,3 +309,103 @@ def infer_config(state_dict):
     if "output.0.weight" in keys:  # a critic; Conv2d weight is (c_out, c_in, k, k)
         return dict(kind="Discriminator", img_size=2 ** (n + 2), width=w1.shape[0] / 64, nc=int(w1.shape[1]))
     raise ValueError("state_dict has neither `final` (generator) nor `output` (critic) blocks")
+
+
+# ---- model files: read a generator.pt / ckpt.pt / raw thesis state_dict, with errors a user can act on
+import os  # noqa: E402 (kept in this section: only the file readers need it)
+
+GENERATOR_FORMAT = "ganopt-generator/1"  # generator.pt: {format, config, state_dict, [ema_state_dict], ...}
+CHECKPOINT_FORMAT = "ganopt-checkpoint/1"  # ckpt.pt: {format, G: {config, state_dict}, [G_ema: {...}], D, ...}
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message is one line naming the file and what is wrong with it."""
+
+
+def read_file(path, device="cpu"):
+    """torch.load(weights_only=True): a model file cannot run code. Every failure is a ModelFileError."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFileError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path} is a directory, not a model file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ModelFileError(f"cannot read {path}: {e.strerror}") from None
+    if not head:
+        raise ModelFileError(f"{path} is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # torch says these with its internals (a text file gives "KeyError: 101")
+        text = str(e)
+    if "Unsupported global" in text:
+        why = "holds objects other than tensors and plain data (refused for safety)"
+    elif head.startswith((b"PK\x03\x04", b"\x80\x02\x8a\x0a")):  # the zip / legacy headers torch.save writes
+        why = "is truncated or corrupt"
+    else:
+        why = "is not a PyTorch file (torch.save writes a zip archive)"
+    raise ModelFileError(f"{path} {why}")
+
+
+def model_from(obj, path, kinds=("Generator", "GeneratorKD"), key="G", device="cpu", ema=True):
+    """(model, config) from what `read_file(path)` returned: a generator file, a training checkpoint (its `key`
+    model) or a raw state_dict (architecture from `infer_config`). ema=True takes the EMA weights where the file
+    has them; `model.weights_kind` says which were taken ("ema" or "raw")."""
+    fmt = obj.get("format") if isinstance(obj, dict) else None
+    try:
+        if fmt == GENERATOR_FORMAT:
+            config, state, ema_state = obj["config"], obj["state_dict"], obj.get("ema_state_dict")
+        elif fmt == CHECKPOINT_FORMAT:
+            if key not in obj:
+                raise ModelFileError(f"{path} is a training checkpoint without a {key!r} model")
+            config, state = obj[key]["config"], obj[key]["state_dict"]
+            ema_state = obj[f"{key}_ema"]["state_dict"] if f"{key}_ema" in obj else None
+        elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            config, state, ema_state = infer_config(obj), obj, None
+        else:
+            raise ModelFileError(f"{path} is not a generator file, a training checkpoint or a state_dict")
+        kind = config.get("kind")
+    except ModelFileError:
+        raise
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ModelFileError(f"cannot tell the architecture of {path}: {e}") from None
+    if kind not in kinds:
+        raise ModelFileError(f"{path} holds a {kind}, expected {' or '.join(kinds)}")
+    use_ema = ema and ema_state is not None
+    try:
+        model = build(config)
+        model.load_state_dict(ema_state if use_ema else state, strict=True)
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        raise ModelFileError(f"{path} does not match its architecture {config}: {str(e).splitlines()[0]}") from None
+    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelFileError(f"{path} holds non-finite weights (NaN/Inf in {', '.join(bad[:3])}"
+                             f"{', ...' if len(bad) > 3 else ''}): the run that wrote it diverged")
+    model.weights_kind = "ema" if use_ema else "raw"
+    return model.to(device), config
+
+
+def load_model(path, kinds=("Generator", "GeneratorKD"), key="G", device="cpu", ema=True):
+    """`model_from(read_file(path))`. A directory is a run directory: its generator.pt is read."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "generator.pt")):
+            raise ModelFileError(f"{path} is a directory without a generator.pt (not a run directory?)")
+        path = os.path.join(path, "generator.pt")
+    return model_from(read_file(path, device), path, kinds, key, device, ema)
+
+
+def generator_file(model, ema_model=None, **extra):
+    """What a generator.pt holds (save it with torch.save, atomically): config, weights, EMA weights if given."""
+    obj = {**extra, "format": GENERATOR_FORMAT, "config": dict(model.config), "state_dict": model.state_dict()}
+    if ema_model is not None:
+        ema_model = getattr(ema_model, "module", ema_model)  # a torch.optim.swa_utils.AveragedModel, or the copy
+        if ema_model.config != model.config:
+            raise ValueError(f"EMA model {ema_model.config} differs from the model {model.config}")
+        obj["ema_state_dict"] = ema_model.state_dict()
+    return obj

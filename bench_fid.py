@@ -6,6 +6,8 @@ thesis' 500 vs 500), copied into a temp folder. Each round runs, one after the o
   2. python compute_fid.py A B             FID + KID
   3. python compute_fid.py --save-stats B B.npz   cache the reference side once
   4. python compute_fid.py A B.npz         FID + KID against the cache: only A goes through Inception
+  5. python compute_fid.py A B --channels-last   FID + KID in NHWC layout: faster on an idle CPU, FID equal
+                                           only up to float rounding (shown, not required to be identical)
 Rounds repeat --repeats times, interleaved, so a machine that gets busier part-way slows every command alike,
 and 1 and 2 swap places every other round (on a shared machine whose load drifts, going first is not neutral);
 the table shows medians. All are separate processes timed by wall clock (imports and model loading included).
@@ -15,6 +17,7 @@ Examples:
     python bench_fid.py --n 200 --repeats 1               # quicker
     python bench_fid.py --a samples/model1 --b data/real_500 --device cuda
 """
+import argparse
 import json
 import os
 import re
@@ -24,11 +27,15 @@ import sys
 import tempfile
 import time
 
-import common
-from common import UserError
+import harness as common  # its flags, median and one-line errors
+from harness import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SHARED = "/work/shared/data"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option; the description and examples keep their line breaks."""
 
 
 def copy_subset(src, dst, n, seed):
@@ -57,16 +64,16 @@ def timed(cmd):
 
 def main():
     p = common.ArgumentParser(prog="bench_fid.py", description=__doc__.split("\n\n")[0],
-                              epilog=__doc__[__doc__.index("Examples:"):])
-    p.add_argument("--a", help="folder A, used as is (default: --n random images of --src-a)")
-    p.add_argument("--b", help="folder B, used as is (default: --n random images of --src-b)")
+                              epilog=__doc__[__doc__.index("Examples:"):], formatter_class=HelpFormatter)
+    p.add_argument("--a", help="folder A, used as is (None: --n random images of --src-a)")
+    p.add_argument("--b", help="folder B, used as is (None: --n random images of --src-b)")
     p.add_argument("--src-a", default=f"{SHARED}/cat-faces-64", help="where A is sampled from")
     p.add_argument("--src-b", default=f"{SHARED}/dog-faces-224", help="where B is sampled from")
-    p.add_argument("--n", type=common.positive_int, default=500, help="images sampled per side (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
-    p.add_argument("--repeats", type=common.positive_int, default=3, help="rounds; medians are shown (default 3)")
-    p.add_argument("--device", default="cpu", help="passed to both tools (default cpu)")
-    p.add_argument("--workdir", help="keep the copies and outputs here (default: a temp folder, removed)")
+    p.add_argument("--n", type=common.positive_int, default=500, help="images sampled per side")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    p.add_argument("--repeats", type=common.positive_int, default=3, help="rounds; medians are shown")
+    p.add_argument("--device", default="cpu", help="passed to both tools")
+    p.add_argument("--workdir", help="keep the copies and outputs here (None: a temp folder, removed)")
     args = p.parse_args()
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_fid_")
@@ -77,20 +84,24 @@ def main():
         for folder in (a, b):
             if not os.path.isdir(folder):
                 raise UserError(f"{folder}: no such folder")
-        npz, js, js_cached = (os.path.join(work, name) for name in ("b_stats.npz", "ours.json", "ours_cached.json"))
+        npz, js, js_cached, js_cl = (os.path.join(work, name) for name in
+                                     ("b_stats.npz", "ours.json", "ours_cached.json", "ours_cl.json"))
         py, ours = sys.executable, os.path.join(ROOT, "compute_fid.py")
         commands = [
             ("`python -m pytorch_fid A B` (FID)", [py, "-m", "pytorch_fid", a, b, "--device", args.device]),
-            ("`compute_fid.py A B` (FID + KID)", [py, ours, a, b, "--device", args.device, "--json", js]),
-            ("`compute_fid.py --save-stats B B.npz`", [py, ours, "--save-stats", b, npz, "--device", args.device]),
-            ("`compute_fid.py A B.npz` (FID + KID)", [py, ours, a, npz, "--device", args.device, "--json", js_cached]),
+            ("`compute_fid.py A B` (FID + KID)", [py, ours, a, b, "--json", js]),
+            ("`compute_fid.py --save-stats B B.npz`", [py, ours, "--save-stats", b, npz]),
+            ("`compute_fid.py A B.npz` (FID + KID)", [py, ours, a, npz, "--json", js_cached]),
+            ("`compute_fid.py A B --channels-last` (FID + KID)", [py, ours, a, b, "--channels-last", "--json", js_cl]),
         ]
+        for _, cmd in commands[1:]:  # every round rewrites the same outputs
+            cmd += ["--device", args.device, "--overwrite", "--quiet"]
         print(f"A: {a}\nB: {b}\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
               f"{args.repeats} round(s) of {len(commands)} commands", flush=True)
         times = [[] for _ in commands]
         fids = {}
         for r in range(args.repeats):
-            for k in ([0, 1, 2, 3] if r % 2 == 0 else [1, 0, 2, 3]):
+            for k in ([0, 1, 2, 3, 4] if r % 2 == 0 else [1, 0, 2, 3, 4]):
                 name, cmd = commands[k]
                 seconds, out = timed(cmd)
                 times[k].append(seconds)
@@ -98,9 +109,10 @@ def main():
                 if k == 0:
                     match = re.search(r"FID:\s*(\S+)", out)
                     fids["pytorch_fid A B"] = float(match.group(1)) if match else float("nan")
-                elif k in (1, 3):
-                    with open(js if k == 1 else js_cached) as f:
-                        fids["compute_fid A B" if k == 1 else "compute_fid A B.npz"] = json.load(f)["fid"]
+                elif k in (1, 3, 4):
+                    with open({1: js, 3: js_cached, 4: js_cl}[k]) as f:
+                        fids[{1: "compute_fid A B", 3: "compute_fid A B.npz", 4: "channels-last"}[k]] = \
+                            json.load(f)["fid"]
         print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
 
         base = common.median(times[0])
@@ -110,10 +122,12 @@ def main():
             print(f"| {name} | {med:.1f} | {med / base:.2f}x | {', '.join(f'{t:.1f}' for t in ts)} |")
         print()
         ref = fids["pytorch_fid A B"]
+        fast = fids.pop("channels-last")
         agree = all(abs(v - ref) <= 1e-6 * max(1.0, abs(ref)) for v in fids.values())
         for name, value in fids.items():
             print(f"FID {name}: {value!r}")
         print("FIDs agree" if agree else "FIDs DISAGREE")
+        print(f"FID compute_fid A B --channels-last: {fast!r} (differs by {fast - ref:.2g}: float rounding)")
         if not agree:
             sys.exit(1)
     finally:

@@ -228,7 +228,7 @@ flush() {
 import importlib, os, shlex, sys
 here, python, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 sys.path.insert(0, here)
-import common
+import runpy
 jobs, job = [], []
 for a in args:
     if a == "::":
@@ -237,14 +237,16 @@ for a in args:
     else:
         job.append(a)
 
-def main():
-    for label, script, *argv in jobs:
-        print(f"[stage] {label}: running", flush=True)
-        print(f"  $ {shlex.join([python, os.path.join(here, script), *argv])}", flush=True)
-        importlib.import_module(script[:-len(".py")]).main(argv)
-        sys.stdout.flush()
-
-common.run_main(main)
+for label, script, *argv in jobs:
+    print(f"[stage] {label}: running", flush=True)
+    print(f"  $ {shlex.join([python, os.path.join(here, script), *argv])}", flush=True)
+    sys.argv = [os.path.join(here, script), *argv]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")  # the script's own command line, its error handling too
+    except SystemExit as e:
+        if e.code:
+            raise
+    sys.stdout.flush()
 PYEOF
     JOBS=()
 }

@@ -7,7 +7,11 @@ Reads `<runs>/<stage>/summary.json` (training: sec/epoch, memory, model size) an
     table3_1.csv ...3_3.csv   the same tables as CSV (a missing value is an empty cell)
     timelines.png             the fixed-vector timelines of every run side by side (thesis Figs. 3.2, 3.5, 3.6)
     grid_<stage>.png          the first 36 samples of each model (<runs>/samples/<stage>)
+    quality.png               FID and KID vs generator updates and vs training time of every run, from the
+                              evaluation epochs of <runs>/<stage>/metrics.jsonl (only when some run has them)
 A stage that has not run yet shows "—" in its cells and one warning line; nothing crashes.
+Needs only the standard library and Pillow (no torch), so a results folder can be tabulated on any machine;
+`quality_figure` is what the training scripts call to draw <run>/quality.png after each evaluation.
 
 Definitions:
 - FID as compute_fid.py: pytorch-fid's Inception pool3 features (or --dims of experiments.sh), N vs N images.
@@ -25,6 +29,7 @@ Examples:
     python report.py runs/study --out /tmp/report --kd-alpha 0.01
     python report.py /tmp/demo_study --alphas "0.3 0.05"
 """
+import argparse
 import csv
 import glob
 import io
@@ -34,8 +39,43 @@ import os
 import re
 import sys
 
-import common
-from common import UserError
+# ----------------------------------------------------------------------------- errors and writes
+# Small copies of common.py's UserError / run_main / atomic_write: common imports torch, and this file must not.
+
+class UserError(Exception):
+    """A mistake of the user's (bad path, unwritable folder): one line on stderr and exit status 2."""
+
+
+def run_main(main):
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def atomic_write(path, write):
+    """Write through `write(tmp)` to a temp file beside `path`, then rename; an OSError becomes a UserError."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_text(path, text):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)
+
 
 # ----------------------------------------------------------------------------- the thesis' numbers
 
@@ -350,7 +390,7 @@ def to_csv(table, path=None):
     writer.writerows(table.csv_rows)
     text = buf.getvalue()
     if path is not None:
-        common.atomic_write(path, lambda tmp: open(tmp, "w", encoding="utf-8").write(text))
+        _write_text(path, text)
     return text
 
 
@@ -431,7 +471,7 @@ def timelines_figure(runs, path, max_rows=8):
                 y += im.height + 2
             x += size(rows)[0] + pad
         y0 += h + pad
-    common.atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
     return [stage for band in panels for stage, _, _ in band]
 
 
@@ -451,8 +491,152 @@ def sample_grid(folder, path, n=36, ncol=6):
     sheet = Image.new("RGB", (cols * (w + 2) + 2, nrow * (h + 2) + 2), "white")
     for i, im in enumerate(images):
         sheet.paste(im, (2 + (i % ncol) * (w + 2), 2 + (i // ncol) * (h + 2)))
-    common.atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
     return True
+
+
+# ----------------------------------------------------------------------------- quality over training time
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
+QUALITY_PANELS = [  # (title, y key, x key, x scale): train_sec is drawn in minutes
+    ("FID vs generator updates", "fid", "step", 1.0), ("FID vs training time", "fid", "train_sec", 1 / 60),
+    ("KID vs generator updates", "kid", "step", 1.0), ("KID vs training time", "kid", "train_sec", 1 / 60)]
+X_LABEL = {"step": "generator updates", "train_sec": "training time (min, evaluation excluded)"}
+
+
+def _number(value):
+    """A finite int/float as float, else None (a key may be missing, null or NaN)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def read_metrics(path, warnings=None):
+    """The records of a run's metrics.jsonl, [] when there is none. A line that is not a JSON object (one
+    being appended right now, say) is skipped, with a warning appended to `warnings` if given."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        lines = []
+        if warnings is not None:
+            warnings.append(f"{path}: cannot read it ({e}); no quality curve for it")
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+        if not isinstance(records[-1], dict):
+            records.pop()
+    if len(records) < len(lines) and warnings is not None:
+        warnings.append(f"{path}: {len(lines) - len(records)} unreadable line(s) skipped")
+    return records
+
+
+def has_evaluations(records):
+    return any(_number(r.get("fid")) is not None for r in records)
+
+
+def _ticks(lo, hi, count=5):
+    """About `count` round ticks (1, 2 or 5 x 10^k apart) covering [lo, hi], and the decimals to print them."""
+    if hi - lo <= 1e-9 * max(1.0, abs(hi)):  # a single value: a small range around it
+        pad = abs(lo) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / count
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [i * step for i in range(first, last + 1)], max(0, -math.floor(math.log10(step) + 1e-9))
+
+
+def _put(draw, x, y, text, font, ax=0.0, ay=0.0, fill="black"):
+    """Draw `text` with the point (ax, ay) of its box (fractions of width, height) at (x, y)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((x - left - ax * (right - left), y - top - ay * (bottom - top)), text, fill=fill, font=font)
+
+
+def _panel(draw, box, title, xlabel, curves, font):
+    """One chart inside box = (x0, y0, x1, y1): title, numbered linear axes, a line + markers per curve."""
+    x0, y0, x1, y1 = box
+    _put(draw, (x0 + x1) / 2, y0, title, font, 0.5, 0.0)
+    left, top, right, bottom = x0 + 64, y0 + 26, x1 - 16, y1 - 44
+    points = [p for _, pts in curves for p in pts]
+    if not points:
+        draw.rectangle((left, top, right, bottom), outline="black")
+        _put(draw, (left + right) / 2, (top + bottom) / 2, "no evaluations yet", font, 0.5, 0.5, fill="gray")
+        return
+    xt, xd = _ticks(min(x for x, _ in points), max(x for x, _ in points))
+    yt, yd = _ticks(min(y for _, y in points), max(y for _, y in points))
+
+    def sx(x):
+        return left + (x - xt[0]) / (xt[-1] - xt[0]) * (right - left)
+
+    def sy(y):
+        return bottom - (y - yt[0]) / (yt[-1] - yt[0]) * (bottom - top)
+
+    for v in xt:
+        draw.line((sx(v), top, sx(v), bottom + 4), fill="#e0e0e0")
+        _put(draw, sx(v), bottom + 7, f"{v:.{xd}f}", font, 0.5, 0.0)
+    for v in yt:
+        draw.line((left - 4, sy(v), right, sy(v)), fill="#e0e0e0")
+        _put(draw, left - 7, sy(v), f"{v:.{yd}f}", font, 1.0, 0.5)
+    draw.rectangle((left, top, right, bottom), outline="black")
+    _put(draw, (left + right) / 2, y1, xlabel, font, 0.5, 1.0)
+    for color, pts in curves:
+        xy = [(sx(x), sy(y)) for x, y in pts]
+        if len(xy) > 1:
+            draw.line(xy, fill=color, width=2)
+        for x, y in xy:
+            draw.ellipse((x - 3.5, y - 3.5, x + 3.5, y + 3.5), fill=color)
+
+
+def quality_figure(series, path, title=None, size=(1000, 700)):
+    """FID and KID during training as one PNG of four panels: each vs generator updates ("step") and vs training
+    time ("train_sec", in minutes), one coloured line per label of `series` = {label: metrics.jsonl records}.
+    Records without "fid" (epochs not evaluated) are skipped; a label without any is listed in the legend as
+    "(no evaluations)". Written atomically; returns the labels that have evaluations."""
+    from PIL import Image, ImageDraw
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font, big = _font(13), _font(17)
+    _put(draw, width / 2, 8, title or "FID and KID during training", big, 0.5, 0.0)
+    evaluated = {label: [r for r in records if _number(r.get("fid")) is not None] for label, records in series.items()}
+    colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(series)}
+    x, y = 16, 36  # the legend, wrapped into rows
+    for label in series:
+        text = str(label) + ("" if evaluated[label] else " (no evaluations)")
+        w = 34 + draw.textlength(text, font=font) + 22
+        if x + w > width - 16 and x > 16:
+            x, y = 16, y + 20
+        draw.line((x, y + 8, x + 26, y + 8), fill=colors[label], width=2)
+        draw.ellipse((x + 9.5, y + 4.5, x + 16.5, y + 11.5), fill=colors[label])
+        _put(draw, x + 34, y + 8, text, font, 0.0, 0.5)
+        x += w
+    top = y + 28
+    cell_w, cell_h = (width - 16) / 2, (height - top - 8) / 2
+    for i, (panel_title, y_key, x_key, scale) in enumerate(QUALITY_PANELS):
+        curves = []
+        for label, records in evaluated.items():
+            pts = [(_number(r.get(x_key)), _number(r.get(y_key))) for r in records]
+            curves.append((colors[label], sorted((px * scale, py) for px, py in pts if px is not None and py is not None)))
+        bx, by = 8 + (i % 2) * cell_w, top + (i // 2) * cell_h
+        _panel(draw, (bx, by, bx + cell_w - 8, by + cell_h - 8), panel_title, X_LABEL[x_key], curves, font)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return [label for label in series if evaluated[label]]
+
+
+def quality_series(runs):
+    """{legend label: metrics.jsonl records} of every stage of a study that has a metrics.jsonl."""
+    series = {}
+    for stage in runs["stages"]:
+        records = read_metrics(os.path.join(runs["root"], stage, "metrics.jsonl"), runs["warnings"])
+        if records:
+            series[stage_label(runs, stage)] = records
+    return series
 
 
 # ----------------------------------------------------------------------------- the whole report
@@ -491,7 +675,10 @@ def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05):
     out = out or os.path.join(runs_dir, "report")
     runs = load_runs(runs_dir, alphas)
     tables = [table_3_1(runs), table_3_2(runs), table_3_3(runs, kd_alpha)]
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {out}: {e.strerror or e}") from None
     for t in tables:
         to_csv(t, os.path.join(out, f"{t.name}.csv"))
     drawn = timelines_figure(runs, os.path.join(out, "timelines.png"))
@@ -501,6 +688,10 @@ def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05):
             grids.append(stage)
         else:
             runs["warnings"].append(f"{stage}: no samples in samples/{stage}; no grid_{stage}.png")
+    series = quality_series(runs)
+    curves = []
+    if any(has_evaluations(records) for records in series.values()):
+        curves = quality_figure(series, os.path.join(out, "quality.png"), "FID and KID during training, all runs")
 
     md = [f"# Optimization of GANs — reproduction of Tables 3.1-3.3", "",
           f"Study directory: `{os.path.abspath(runs_dir)}`. Ours beside the thesis' numbers (SPbU 2022, "
@@ -511,6 +702,10 @@ def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05):
     if drawn:
         md.append(f"Fixed-vector timelines ({', '.join(drawn)}), as the thesis' Figs. 3.2, 3.5 and 3.6:\n")
         md.append("![timelines](timelines.png)\n")
+    if curves:
+        md.append(f"FID and KID during training ({', '.join(curves)}): the evaluation epochs of each run's "
+                  "metrics.jsonl, each run against its own training data; time excludes the evaluations:\n")
+        md.append("![quality over training](quality.png)\n")
     for stage in grids:
         md.append(f"- {stage}: ![{stage}](grid_{stage}.png)")
     if grids:
@@ -520,8 +715,7 @@ def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05):
         md += [f"- {w}" for w in runs["warnings"]]
         md.append("")
     text = "\n".join(md)
-    common.atomic_write(os.path.join(out, "report.md"),
-                        lambda tmp: open(tmp, "w", encoding="utf-8").write(text))
+    _write_text(os.path.join(out, "report.md"), text)
     return {"out": out, "tables": tables, "warnings": runs["warnings"], "markdown": text}
 
 
@@ -535,12 +729,21 @@ def _alphas(text):
     return values
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help, and the module docstring kept as written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def main(argv=None):
-    p = common.ArgumentParser(prog="report.py", description=__doc__)
+    p = _Parser(prog="report.py", description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("runs_dir", metavar="RUNS_DIR", help="the study directory (experiments.sh --out)")
-    p.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report)")
-    p.add_argument("--alphas", default=None, help="KD rows, e.g. \"0.3 0.05\" (default: the thesis' four and any other kd_a* found)")
-    p.add_argument("--kd-alpha", type=float, default=0.05, help="the KD run in Table 3.3 (default: %(default)s, the thesis' best)")
+    p.add_argument("--out", default=None, help="output folder; if not given, RUNS_DIR/report")
+    p.add_argument("--alphas", default=None, help="KD rows, e.g. \"0.3 0.05\"; if not given, the thesis' four and any other kd_a* found")
+    p.add_argument("--kd-alpha", type=float, default=0.05, help="the KD run in Table 3.3 (0.05 was the thesis' best)")
     args = p.parse_args(argv)
     result = write_report(args.runs_dir, args.out, _alphas(args.alphas) if args.alphas else None, args.kd_alpha)
     for w in result["warnings"]:
@@ -549,4 +752,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    run_main(main)

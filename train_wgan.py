@@ -10,63 +10,68 @@
         theta <- Adam(grad_theta mean -D(G(z)), alpha, beta1, beta2)
 
 lambda = 10, n_critic = 5, Adam alpha = 1e-4, beta1 = 0, beta2 = 0.9. One "epoch" is --iters-per-epoch
-generator iterations (default 25, as the thesis counted; its own epochs had 8 critic steps per generator step,
-i.e. --n-critic 8). Outputs in --out: ckpt.pt (everything --resume needs), generator.pt (for createsamples.py),
-metrics.jsonl, summary.json, snapshots/ (six fixed latent vectors every --snapshot-every epochs), timeline.png.
+generator iterations (25, as the thesis counted). Additions, each one flag: --diffaug (DiffAugment of every
+critic input), --ema (moving average of G, used for samples), --precision (autocast), torchrun (several GPUs).
+Outputs in --out: ckpt.pt (everything --resume needs), generator.pt (for createsamples.py), metrics.jsonl,
+summary.json, snapshots/ (six fixed latent vectors every --snapshot-every epochs), timeline.png, quality.png.
 
 Examples:
-    # a few minutes on a laptop CPU: the built-in demo data at 64x64, a narrow model
-    python train_wgan.py --data demo:cats --img-size 64 --width 0.25 --epochs 20 --out runs/demo_wgan
-    # the thesis' model 1 on a GPU (128x128, full width)
-    python train_wgan.py --data data/cats --epochs 4000 --out runs/model1
-    # continue an interrupted run (the same command plus --resume)
-    python train_wgan.py --data data/cats --epochs 4000 --out runs/model1 --resume
+    python train_wgan.py --data demo:cats --img-size 32 --width 0.25 --epochs 10 --out runs/demo_wgan
+    python train_wgan.py --data data/cats --epochs 4000 --out runs/model1          # thesis' model 1, a GPU
+    python train_wgan.py --data data/cats --epochs 4000 --out runs/model1 --resume # continue it
+    torchrun --nproc_per_node 4 train_wgan.py --data data/cats --out runs/model1   # 4 GPUs
 """
+import functools
+
 import torch
 
 import arch
-import common
 import data
+import harness
 
 
-def gradient_penalty(critic, real, fake):
+def gradient_penalty(critic, real, fake, env=None, scaler=None):
     """E[(||grad_x_hat D(x_hat)||_2 - 1)^2] with x_hat = eps x + (1 - eps) x_tilde, eps ~ U[0, 1] per sample.
 
-    The norm is taken per sample over all of C x H x W (flattened). Taking it over the channel axis only, as the
-    thesis code and many public repositories do, penalises every pixel's gradient separately -- a different,
-    wrong constraint.
+    The norm is per sample over all of C x H x W; over the channel axis only (the thesis code, many public
+    repositories) it would penalise each pixel's gradient separately -- a different, wrong constraint.
+    Mixed precision: the critic runs under autocast, the norm in fp32. Under fp16 the critic's output is
+    loss-scaled before autograd.grad (small gradients would underflow) and the gradient unscaled before its
+    norm (the PyTorch AMP recipe for gradient penalties).
     """
     eps = torch.rand(real.size(0), 1, 1, 1, device=real.device)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    with env.autocast() if env else torch.autocast("cpu", enabled=False):
+        out = critic(x_hat).float().sum()
+    scale = scaler.scale(torch.ones((), device=real.device)) if scaler else 1.0
     # create_graph: the penalty is a function of the gradient, and we need its gradient w.r.t. the critic
-    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(out * scale, x_hat, create_graph=True)
+    grad = grad.float() / scale
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def critic_step(G, D, opt_d, real, nz, lambda_gp):
-    """One critic update; returns detached (loss, Wasserstein estimate, gradient penalty)."""
-    z = torch.randn(real.size(0), nz, 1, 1, device=real.device)
-    with torch.no_grad():  # the critic's loss needs no gradient through G: keep no generator graph
-        fake = G(z)
-    # real and fake through the critic as one batch: InstanceNorm is per sample, so this is the same maths as
-    # two passes, with bigger (faster) matrix products and one backward instead of three
-    d_real, d_fake = D(torch.cat([real, fake])).chunk(2)
-    gp = gradient_penalty(D, real, fake)
-    loss = d_fake.mean() - d_real.mean() + lambda_gp * gp
-    loss.backward()
-    opt_d.step()
-    opt_d.zero_grad(set_to_none=True)  # free the gradients now, not during the other network's steps
-    return loss.detach(), (d_real.mean() - d_fake.mean()).detach(), gp.detach()
+def critic_step(G, D, opt_d, scaler, real, args, env, augment=lambda x: x):
+    """One critic update; returns the detached (loss, Wasserstein estimate, gradient penalty)."""
+    z = torch.randn(real.size(0), args.nz, 1, 1, device=real.device)
+    with torch.no_grad(), env.autocast():  # the critic's loss needs no gradient through G
+        fake = G(z).float()
+    real, fake = augment(real), augment(fake)
+    # the penalty interpolates the augmented images: the critic is asked to be 1-Lipschitz on what it sees
+    with env.autocast():  # real and fake as one batch: InstanceNorm is per sample, so the maths is unchanged
+        d_real, d_fake = D(torch.cat([real, fake])).float().chunk(2)
+    gp = gradient_penalty(D, real, fake, env, scaler)
+    loss = d_fake.mean() - d_real.mean() + args.lambda_gp * gp
+    harness.optimize(loss, D, opt_d, scaler, env)
+    return torch.stack([loss.detach(), (d_real.mean() - d_fake.mean()).detach(), gp.detach()])
 
 
-def generator_step(G, D, opt_g, batch_size, nz, device):
+def generator_step(G, D, opt_g, scaler, args, env, augment=lambda x: x):
     """One generator update on a freshly generated batch; returns the detached loss -E[D(G(z))]."""
-    z = torch.randn(batch_size, nz, 1, 1, device=device)
+    z = torch.randn(args.batch_size, args.nz, 1, 1, device=env.device)
     with requires_grad(D, False):  # only the image needs the critic's gradient, not the critic's weights
-        loss = -D(G(z)).mean()
-        loss.backward()
-    opt_g.step()
-    opt_g.zero_grad(set_to_none=True)
+        with env.autocast():
+            loss = -D(augment(G(z).float())).float().mean()
+        harness.optimize(loss, G, opt_g, scaler, env)
     return loss.detach()
 
 
@@ -87,73 +92,81 @@ class requires_grad:
 
 
 def build_parser(doc=__doc__, script="train_wgan"):
-    p = common.ArgumentParser(prog=f"{script}.py", description=doc)
-    common.add_run_args(p, data="demo:cats", out=f"runs/{script.split('_')[-1]}", batch_size=64, epochs=100,
-                        lr=1e-4, betas=(0.0, 0.9), iters_per_epoch=25)
-    p.add_argument("--n-critic", type=common.positive_int, default=5, help="critic updates per generator update (default: %(default)s)")
-    p.add_argument("--lambda-gp", type=float, default=10.0, help="gradient penalty weight (default: %(default)s)")
-    p.add_argument("--nz", type=common.positive_int, default=100, help="latent size (default: %(default)s)")
+    p = harness.ArgumentParser(prog=f"{script}.py", description=doc)
+    harness.add_run_args(p, out_default=f"runs/{script.split('_')[-1]}")
+    p.add_argument("--img-size", type=harness.image_size, default=128, help="image size (a power of two)")
+    p.add_argument("--batch-size", type=harness.positive_int, default=64, help="images per critic step, per process")
+    p.add_argument("--epochs", type=harness.positive_int, default=100, help="epochs to train (in all, across --resume)")
+    p.add_argument("--iters-per-epoch", type=harness.positive_int, default=25, help="generator updates per epoch")
+    p.add_argument("--n-critic", type=harness.positive_int, default=5, help="critic updates per generator update")
+    p.add_argument("--lr", type=harness.positive_float, default=1e-4, help="Adam learning rate (both networks)")
+    p.add_argument("--betas", type=harness.beta, nargs=2, default=(0.0, 0.9), metavar=("B1", "B2"), help="Adam betas")
+    p.add_argument("--lambda-gp", type=harness.nonneg_float, default=10.0, help="gradient penalty weight")
+    p.add_argument("--nz", type=harness.positive_int, default=100, help="latent size")
     return p
 
 
-def setup_device(args):
-    """Device, CPU threads and seeds, before any model is built."""
-    device = common.get_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    common.seed_everything(args.seed)
-    return device
-
-
-def load_batches(args, device):
-    """The dataset and its endless shuffled batch iterator."""
-    dataset = data.load_dataset(args.data, args.img_size, cache_dir=args.cache_dir)
-    if args.batch_size > len(dataset):
-        raise common.UserError(f"--batch-size {args.batch_size} is larger than the dataset ({len(dataset)} images)")
-    batches = data.InfiniteBatches(dataset, args.batch_size, device, seed=args.seed, flip=args.flip)
+def load_batches(args, env):
+    """The dataset and this process' endless shuffled batches (a disjoint share per process)."""
+    dataset = data.load_dataset(args.data, args.img_size, cache_dir=args.cache_dir, verbose=env.master)
+    if args.batch_size * env.world_size > len(dataset):
+        raise harness.UserError(f"--batch-size {args.batch_size} x {env.world_size} process(es) is more than the "
+                                f"dataset ({len(dataset)} images)")
+    batches = data.InfiniteBatches(dataset, args.batch_size, env.device, seed=args.seed, flip=args.flip,
+                                   rank=env.rank, world_size=env.world_size)
     return dataset, batches
 
 
-def train(args, G, D, batches, script="train_wgan", extra_summary=None, resume=None):
+def train(args, env, G, D, batches, script="train_wgan", resume=None, summary=None):
     """The WGAN-GP loop, shared with train_transfer.py (which passes partly frozen G and D)."""
-    # Only what still needs a gradient goes to Adam: frozen parameters (transfer learning) get no state.
-    opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=args.lr, betas=tuple(args.betas))
-    opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=args.lr, betas=tuple(args.betas))
-    run = common.Run(args, script, models={"G": G, "D": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d},
-                     batches=batches, resume=resume)
+    if args.sync_bn and env.world_size > 1:  # never the critic: no double backward through SyncBatchNorm
+        G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
+    # Only what needs a gradient goes to Adam: frozen parameters (transfer learning) get no state
+    opt_g = harness.Adam(harness.trainable(G), lr=args.lr, betas=args.betas)
+    opt_d = harness.Adam(harness.trainable(D), lr=args.lr, betas=args.betas)
+    scaler_g, scaler_d = env.scaler(), env.scaler()
+    ema = harness.EMA(G, args.ema) if args.ema else None
+    augment = functools.partial(data.diffaug, policy=args.diffaug)
+    run = harness.Run(args, script, env, models={"G": G, "D": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d},
+                      scalers={"scaler_g": scaler_g, "scaler_d": scaler_d}, batches=batches, resume=resume, ema=ema)
     G.train()
     D.train()
-    device = next(G.parameters()).device
-    for epoch in run.epochs():
-        sums = torch.zeros(4, device=device)  # d_loss, wasserstein, gp, g_loss: summed on the device, no sync per step
-        for _ in range(args.iters_per_epoch):
-            for _ in range(args.n_critic):
-                d_loss, wasserstein, gp = critic_step(G, D, opt_d, next(batches), args.nz, args.lambda_gp)
-                sums[:3] += torch.stack([d_loss, wasserstein, gp]) / args.n_critic
-            sums[3] += generator_step(G, D, opt_g, args.batch_size, args.nz, device)
-            run.step += 1
-        d_loss, wasserstein, gp, g_loss = (sums / args.iters_per_epoch).tolist()
-        run.end_epoch({"d_loss": d_loss, "g_loss": g_loss, "wasserstein": wasserstein, "gp": gp})
-    summary = {"params_g": arch.count_params(G), "params_d": arch.count_params(D),
-               "trainable_g": arch.count_params(G, trainable_only=True),
-               "trainable_d": arch.count_params(D, trainable_only=True)}
-    summary.update(extra_summary or {})
-    return run.finish(summary)
+    first_epoch, first_it, step, losses = run.position(columns=4)
+    for epoch in range(first_epoch, args.epochs + 1):
+        for it in range(first_it, args.iters_per_epoch):
+            with run.meter.hooks():
+                critic = sum(critic_step(G, D, opt_d, scaler_d, next(batches), args, env, augment)
+                             for _ in range(args.n_critic)) / args.n_critic
+                g_loss = generator_step(G, D, opt_g, scaler_g, args, env, augment)
+            step += 1
+            losses[it] = torch.cat([critic, g_loss[None]])
+            if ema:
+                ema.update(G, run.images_seen(step), run.global_batch)
+            if run.stop_requested():  # SIGINT / SIGTERM: checkpoint this point and exit
+                run.stop(epoch, it + 1, step, losses)
+        run.end_epoch(epoch, step, losses, ("d_loss", "wasserstein", "gp", "g_loss"))
+        first_it = 0
+        losses.zero_()
+    return run.finish(step, {"params_g": arch.count_params(G), "params_d": arch.count_params(D),
+                             "trainable_g": arch.count_params(G, True), "trainable_d": arch.count_params(D, True),
+                             **(summary or {})})
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    device = setup_device(args)
-    resume = common.open_run(args, "train_wgan", device)
-    G = arch.Generator(nz=args.nz, img_size=args.img_size, width=args.width).to(device)
-    D = arch.Discriminator(img_size=args.img_size, width=args.width).to(device)
+    env = harness.setup(args)
+    resume = harness.open_run(args, "train_wgan", env)
+    G = arch.Generator(nz=args.nz, img_size=args.img_size, width=args.width).to(env.device)
+    D = arch.Discriminator(img_size=args.img_size, width=args.width).to(env.device)
     G.apply(arch.weights_init)
     D.apply(arch.weights_init)
-    dataset, batches = load_batches(args, device)
-    print(f"{dataset.name}: {len(dataset)} images at {args.img_size}x{args.img_size} | G {arch.count_params(G):,} "
-          f"params, D {arch.count_params(D):,} | {device}", flush=True)
-    train(args, G, D, batches, resume=resume)
+    dataset, batches = load_batches(args, env)
+    if env.master:
+        print(f"{dataset.name}: {len(dataset)} images at {args.img_size}x{args.img_size} | G {arch.count_params(G):,} "
+              f"params, D {arch.count_params(D):,} | {env.device} x {env.world_size}, {env.precision}, global batch "
+              f"{args.batch_size * env.world_size}", flush=True)
+    train(args, env, G, D, batches, resume=resume)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    harness.run_main(main)

@@ -1,7 +1,8 @@
-"""data.py: decoding, face crop, caching, demo data, batches, CLI. Tiny images made in tmp_path; CPU only."""
+"""data.py and demo.py: decoding, face crop, caching, demo data, batches (ranks, resume), CLI and its writes.
+Tiny images made in tmp_path; CPU only."""
+import errno
 import io
 import os
-import pickle
 import subprocess
 import sys
 import warnings
@@ -12,7 +13,8 @@ import torch
 from PIL import Image
 
 import data
-from common import UserError
+import demo
+from data import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,13 +53,13 @@ def test_list_images_is_recursive_sorted_and_case_insensitive(tmp_path):
 
 
 def test_missing_empty_and_non_folder_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         data.load_dataset(str(tmp_path / "nope"), 32, cache_dir=False, verbose=False)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
-    with pytest.raises(UserError, match="no images .* found in .*empty"):
+    with pytest.raises(DataError, match="no images .* found in .*empty"):
         data.list_images(tmp_path / "empty")
-    with pytest.raises(UserError, match="is not a folder"):
+    with pytest.raises(DataError, match="is not a folder"):
         data.list_images(tmp_path / "empty" / "readme.txt")
 
 
@@ -116,7 +118,7 @@ def test_corrupt_and_truncated_files_are_skipped_with_one_warning(tmp_path, cach
     _bad_files(folder)
     cache_dir = str(tmp_path / "cache") if cache else False
     ds, msgs = load_recording(str(folder), 24, cache_dir=cache_dir)
-    assert len(msgs) == 1 and "skipped 2 of 5" in msgs[0]
+    assert len(msgs) == 1 and "skipped 2 of 5" in msgs[0] and "\n" not in msgs[0]
     assert "garbage.jpg" in msgs[0] and "truncated.jpg" in msgs[0]
     assert [os.path.basename(p) for p in ds.paths] == sorted(good)
     assert ds.images.shape == (3, 3, 24, 24)
@@ -129,9 +131,9 @@ def test_corrupt_and_truncated_files_are_skipped_with_one_warning(tmp_path, cach
 
 def test_folder_with_only_unreadable_files_is_user_error(tmp_path):
     _bad_files(tmp_path)
-    with pytest.raises(UserError, match="none of the 2 images"):
+    with pytest.raises(DataError, match="none of the 2 images"):
         data.load_dataset(str(tmp_path), 32, cache_dir=str(tmp_path / "cache"), verbose=False)
-    assert not [f for f in os.listdir(tmp_path / "cache") if f.endswith((".npy", ".tmp"))]  # no litter
+    assert not os.path.exists(tmp_path / "cache") or not os.listdir(tmp_path / "cache")  # no litter
 
 
 # ----------------------------------------------------------------------------- crops and resizing
@@ -211,8 +213,6 @@ def test_cache_hits_and_a_changed_file_invalidates_it(tmp_path, monkeypatch):
     warm, _ = load_recording(str(folder), 24)
     assert isinstance(warm.images, np.memmap) and np.array_equal(warm.images, cold.images)
     assert warm.paths == cold.paths == paths
-    clone = pickle.loads(pickle.dumps(warm))  # what a DataLoader worker gets: the file name, not the pixels
-    assert len(pickle.dumps(warm)) < 10_000 and np.array_equal(clone.images, warm.images)
     batch = next(data.InfiniteBatches(warm, 3, "cpu", flip=True))  # batches straight off the read-only memmap
     assert batch.shape == (3, 3, 24, 24) and batch.abs().max() <= 1
 
@@ -233,32 +233,44 @@ def test_cache_hits_and_a_changed_file_invalidates_it(tmp_path, monkeypatch):
 
 def test_demo_is_deterministic_and_the_domains_differ():
     cats, _ = load_recording("demo:cats:256", 32)
-    again = data.make_demo("cats", 256, 32)
+    again = demo.make_demo("cats", 256, 32)
     assert cats.images.dtype == np.uint8 and np.array_equal(cats.images, again)
-    assert np.array_equal(data.make_demo("cats", 8, 32), again[:8])  # demo:cats:8 is a prefix
-    dogs = data.make_demo("dogs", 256, 32)
+    assert np.array_equal(demo.make_demo("cats", 8, 32), again[:8])  # demo:cats:8 is a prefix
+    dogs = demo.make_demo("dogs", 256, 32)
     gap = np.abs(cats.images.mean(0) - dogs.mean(0))  # mean images, 0..255
     assert gap.mean() > 8 and gap.max() > 50
     assert cats.images.std(axis=0).mean() > 20  # and the images vary within a domain
     assert (cats.name, cats.paths, len(cats)) == ("demo-cats", [], 256)
-    assert len(data.load_dataset("demo:dogs", 32, verbose=False)) == data.DEMO_DEFAULT_N
+    assert len(data.load_dataset("demo:dogs", 32, verbose=False)) == demo.DEMO_DEFAULT_N
 
 
-@pytest.mark.parametrize("size", data.DEMO_SIZES)
+@pytest.mark.parametrize("size", demo.DEMO_SIZES)
 def test_demo_works_at_every_supported_size(size):
-    for domain in data.DEMO_DOMAINS:
-        x = data.make_demo(domain, 2, size)
+    for domain in demo.DEMO_DOMAINS:
+        x = demo.make_demo(domain, 2, size)
         assert x.shape == (2, 3, size, size) and x.dtype == np.uint8 and x.std() > 20
 
 
+def test_demo_is_simple_a_plain_background_and_few_fur_colours():
+    """The demo must be easy for a small GAN on a CPU: a near-plain background, a handful of fur colours."""
+    for domain in demo.DEMO_DOMAINS:
+        x = demo.make_demo(domain, 256, 32).astype(int)
+        corners = x[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # (n, 3, 4): always background
+        assert np.ptp(corners, axis=0).max() <= 25 and np.ptp(corners, axis=2).max() <= 2
+        fur = x[:, :, 11, 16] / 255  # the forehead: one of three fur colours, a little lighter or darker
+        palette = demo._FUR[domain]
+        nearest = [np.argmin([np.ptp(f / p) for p in palette]) for f in fur]
+        assert all(np.ptp(f / palette[k]) < 0.03 for f, k in zip(fur, nearest)) and set(nearest) == {0, 1, 2}
+
+
 def test_bad_specs_and_sizes_are_user_errors():
-    with pytest.raises(UserError, match="demo:cats, demo:dogs"):
+    with pytest.raises(DataError, match="demo:cats, demo:dogs"):
         data.load_dataset("demo:horses", 32)
     for spec in ["demo:cats:0", "demo:cats:many", "demo:cats:4:5"]:
-        with pytest.raises(UserError, match="demo"):
+        with pytest.raises(DataError, match="demo"):
             data.load_dataset(spec, 32)
     for size in [0, -64, 4, 4096, 64.0, "64", True]:
-        with pytest.raises(UserError, match="size"):
+        with pytest.raises(DataError, match="size"):
             data.load_dataset("demo:cats:4", size)
 
 
@@ -306,15 +318,68 @@ def test_infinite_batches_passes_are_permutations():
     assert passes[0] != passes[1]
     other = data.InfiniteBatches(ds, 4, "cpu", seed=4)
     assert index(next(other)) + index(next(other)) != passes[0]
-    with pytest.raises(UserError, match="batch size 11"):
+    with pytest.raises(DataError, match="batch size 11"):
         data.InfiniteBatches(ds, 11, "cpu")
 
 
-def test_make_loader_is_endless():
-    ds = data.load_dataset("demo:cats:10", 16, verbose=False)
-    loader = data.make_loader(ds, 4, workers=0, device="cpu", seed=0)
-    batches = [next(loader) for _ in range(5)]  # 2 per pass, so this wraps around twice
-    assert all(b.shape == (4, 3, 16, 16) and b.min() >= -1 and b.max() <= 1 for b in batches)
+def ranks(ds, world_size, batch_size, **kw):
+    return [data.InfiniteBatches(ds, batch_size, "cpu", rank=r, world_size=world_size, **kw) for r in range(world_size)]
+
+
+def as_bytes(batch):
+    return {x.numpy().tobytes() for x in batch}
+
+
+def test_ranks_draw_disjoint_shares_whose_union_is_the_one_rank_pass():
+    ds = data.load_dataset("demo:cats:12", 16, verbose=False)
+    one = data.InfiniteBatches(ds, 12, "cpu", seed=5, flip=True)
+    two, three = ranks(ds, 2, 6, seed=5, flip=True), ranks(ds, 3, 2, seed=5, flip=True)
+    for _ in range(3):  # three passes
+        whole = as_bytes(next(one))
+        halves = [as_bytes(next(r)) for r in two]
+        thirds = [set.union(*(as_bytes(next(r)) for _ in range(2))) for r in three]
+        assert len(whole) == 12 and halves[0].isdisjoint(halves[1]) and halves[0] | halves[1] == whole
+        assert sum(map(len, thirds)) == 12 and set.union(*thirds) == whole  # flips included: the same draws
+    odd = ranks(data.load_dataset("demo:cats:11", 16, verbose=False), 2, 5)
+    assert [r.share for r in odd] == [5, 5]  # 11 images: every rank gets 5, so all ranks make the same steps
+    with pytest.raises(DataError, match="batch size 7 must be between 1 and 6 .12 images .* shared by 2 ranks"):
+        data.InfiniteBatches(ds, 7, "cpu", rank=0, world_size=2)
+    for rank, world in [(2, 2), (-1, 2), (0, 0)]:
+        with pytest.raises(DataError, match="rank"):
+            data.InfiniteBatches(ds, 2, "cpu", rank=rank, world_size=world)
+
+
+def test_one_rank_keeps_the_order_and_state_of_before():
+    """world_size=1 draws exactly what the single-process iterator drew, and loads its states (no world_size)."""
+    ds = data.load_dataset("demo:dogs:10", 16, verbose=False)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(data._mix(7, 0))).numpy()
+    flips = (torch.rand(10, generator=torch.Generator().manual_seed(data._mix(7, 0, 1))) < 0.5).numpy()
+    x = np.array(ds.images[perm[:4]])
+    x[flips[:4]] = x[flips[:4], :, :, ::-1]
+    first = next(data.InfiniteBatches(ds, 4, "cpu", seed=7, flip=True))
+    assert torch.equal(first, data.uint8_to_float(torch.from_numpy(x)))
+    it = data.InfiniteBatches(ds, 4, "cpu")
+    it.load_state_dict({"seed": 7, "epoch": 0, "pos": 4, "n": 10})  # a state saved before ranks existed
+    assert torch.equal(next(it), data.uint8_to_float(torch.from_numpy(ds.images[perm[4:8]])))
+
+
+def test_rank_resume_is_exact_and_a_state_moves_to_another_world_size():
+    ds = data.load_dataset("demo:cats:24", 16, verbose=False)
+    run = ranks(ds, 2, 4, seed=3, flip=True)[1]
+    for _ in range(2):
+        next(run)
+    state = run.state_dict()
+    expected = [next(run) for _ in range(4)]  # 3 batches per pass and rank: crosses a pass boundary
+    resumed = data.InfiniteBatches(ds, 4, "cpu", rank=1, world_size=2, flip=True)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(next(resumed), want) for want in expected)
+
+    single = data.InfiniteBatches(ds, 4, "cpu", flip=True)
+    single.load_state_dict(state)  # saved by 2 ranks at 8 of their 12 images each: the same pass, 16 of 24 done
+    assert (single.epoch, single.pos) == (0, 16)
+    quad = ranks(ds, 4, 2, flip=True)[3]
+    quad.load_state_dict(state)
+    assert (quad.epoch, quad.pos) == (0, 4) and next(quad).shape == (2, 3, 16, 16)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -324,15 +389,32 @@ def start_cli(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+IMPORTS = """
+import sys, data
+assert not {"common", "demo"} & set(sys.modules), "data.py imports only what real data needs"
+data.load_dataset("demo:cats:2", 16, verbose=False)
+assert "demo" in sys.modules
+"""
+
+
 def test_cli_prepare_writes_pngs_and_refuses_a_bad_path(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     for name in ["b.jpg", "a.png", "sub/c.png"]:
         save(str(src / name), noise(len(name), 40, 30), format="PNG")  # b.jpg is really a PNG
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    # both at once: each process spends most of its time importing torch
+    (tmp_path / "file").write_text("a regular file, so nothing can be created below it (tests run as root)")
+    # all at once: each process spends most of its time importing torch
     good = start_cli("prepare", str(src), str(dst), "--size", "16")
     bad = start_cli("prepare", str(tmp_path / "missing"), str(tmp_path / "out"), "--size", "16")
+    unwritable = [start_cli("prepare", str(src), str(tmp_path / "file" / "out"), "--size", "16"),
+                  start_cli("demo", str(tmp_path / "file" / "demo"), "--n", "2")]
+    imports = subprocess.Popen([sys.executable, "-c", IMPORTS], cwd=ROOT, text=True, stderr=subprocess.PIPE)
     (_, good_err), (_, bad_err) = good.communicate(timeout=120), bad.communicate(timeout=120)
+    for p in unwritable:
+        err = p.communicate(timeout=120)[1].strip()
+        assert p.returncode == 2 and err.count("\n") == 0, err
+        assert err.startswith("error: cannot write to the output folder") and "Not a directory" in err
+    assert imports.wait(timeout=120) == 0, imports.stderr.read()
 
     assert good.returncode == 0, good_err
     assert "warning: skipped 1 of 4" in good_err and "broken.jpg" in good_err
@@ -350,7 +432,7 @@ def test_cli_prepare_writes_pngs_and_refuses_a_bad_path(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and "missing" in lines[0], bad_err
     assert not (tmp_path / "out").exists()  # nothing created for a bad source
 
-    with pytest.raises(UserError, match="not empty"):  # same code path in-process: refuses to clobber
+    with pytest.raises(DataError, match="not empty"):  # same code path in-process: refuses to clobber
         data.main(["prepare", str(src), str(dst), "--size", "16"])
     with pytest.warns(data.DataWarning, match="broken.jpg"):
         data.main(["prepare", str(src), str(dst), "--size", "8", "--overwrite", "--no-cat-crop"])
@@ -363,10 +445,58 @@ def test_cli_demo_and_info_in_process(tmp_path, capsys):
     data.main(["demo", str(tmp_path / "d"), "--domain", "dogs", "--n", "3", "--size", "32"])
     names = sorted(os.listdir(tmp_path / "d"))
     assert names == ["00000.png", "00001.png", "00002.png"]
-    want = data.make_demo("dogs", 3, 32)
+    want = demo.make_demo("dogs", 3, 32)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d" / names[2])), want[2].transpose(1, 2, 0))
     data.main(["info", str(tmp_path / "d"), "--size", "32", "--cache-dir", str(tmp_path / "cache")])
     out = capsys.readouterr().out
     assert "3 at 32x32" in out and "mean RGB" in out
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(DataError, match="not empty"):
         data.main(["demo", str(tmp_path / "d"), "--n", "2"])
+
+
+def test_outputs_are_checked_before_any_work_and_refusals_leave_nothing(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    save(str(src / "a.png"), noise(0))
+    monkeypatch.setattr(data, "load_cropped", lambda *a: pytest.fail("decoded before checking the output"))
+    monkeypatch.setattr(demo, "make_demo", lambda *a: pytest.fail("rendered before checking the output"))
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(data.tempfile, "TemporaryFile", read_only)
+    for argv in (["prepare", str(src), "OUT", "--size", "16"], ["demo", "OUT"]):
+        out = tmp_path / "new" / "deeper" / "out"
+        with pytest.raises(DataError, match=f"^cannot write to the output folder {out}: Read-only file system$"):
+            data.main([str(out) if a == "OUT" else a for a in argv])
+        assert sorted(os.listdir(tmp_path)) == ["src"]  # the folders it made are gone again
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(DataError, match="Read-only"):
+        data.main(["demo", str(tmp_path / "kept")])
+    assert (tmp_path / "kept").is_dir()  # a folder that was there stays
+
+
+def test_a_failed_write_is_one_error_naming_the_file_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for i in range(3):
+        save(str(src / f"{i}.png"), noise(i))
+
+    def disk_full(self, fp, *args, **kwargs):
+        fp.write(b"half a PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    with pytest.raises(DataError, match=r"^cannot write .*out.0000\d\.png: No space left on device$"):
+        data.main(["prepare", str(src), str(tmp_path / "out"), "--size", "16"])
+    assert not (tmp_path / "out").exists()  # made by the failed run, so removed
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "00000.png").write_bytes(b"an earlier result")
+    with pytest.raises(DataError, match="No space left on device"):
+        data.main(["demo", str(tmp_path / "old"), "--n", "3", "--size", "16", "--overwrite"])
+    assert os.listdir(tmp_path / "old") == []  # no temp file or half-written PNG left behind
+    monkeypatch.undo()
+
+    with warnings.catch_warnings(record=True) as record:  # an unwritable cache only costs time
+        warnings.simplefilter("always")
+        ds = data.load_dataset(str(src), 16, cache_dir=str(src / "0.png" / "cache"), verbose=False)
+    msgs = data_warnings(record)
+    assert ds.cache_file is None and len(ds) == 3
+    assert np.array_equal(ds.images[2], data.load_and_preprocess(str(src / "2.png"), 16).transpose(2, 0, 1))
+    assert len(msgs) == 1 and "\n" not in msgs[0] and msgs[0].startswith("cannot write") and "uncached" in msgs[0]

@@ -1,4 +1,5 @@
-"""report.py on hand-made study directories: exact tables, the thesis' ΔFID arithmetic, missing stages, errors."""
+"""report.py on hand-made study directories: exact tables, the thesis' ΔFID arithmetic, missing stages, errors,
+the quality-over-time figure, and running without torch."""
 import csv
 import json
 import os
@@ -26,7 +27,8 @@ def summary(epochs, sec, mem_gb, tensor_gb, size_mb, **extra):
                                     "iters_per_epoch": 25},
             "epochs": epochs, "steps": epochs * 25, "device": "cuda", "sec_per_epoch": sec,
             "generator_mb": size_mb, "peak_mem_mb": mem_gb * GB, "peak_mem_kind": "cuda_max_memory_allocated",
-            "peak_tensor_mb": tensor_gb * GB, "peak_tensor_parts_mb": {}, **extra}
+            "peak_tensor_mb": tensor_gb * GB, "peak_tensor_parts_mb": {},
+            "world_size": 1, "precision": "fp32", "ema": {"decay": 0.999}, **extra}  # keys report.py does not use
 
 
 def fid_json(fid, kid=0.0123, kid_std=0.0011):
@@ -285,3 +287,126 @@ def test_cli_writes_everything(tmp_path):
     rows = read_csv(os.path.join(out, "table3_3.csv"))
     assert rows[1]["method"] == "knowledge distillation (α=0.3)"
     assert rows[1]["delta_fid_pct"] == "-2.1"  # -(65.33 - 63.95) / 63.95 = -2.158, truncated
+
+
+def test_write_error_is_one_line_exit_2(tmp_path):
+    runs = make_study(tmp_path / "study")
+    (tmp_path / "out" / "report.md").mkdir(parents=True)  # os.replace onto a directory fails
+    r = run_cli(runs, "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1].startswith(f"error: cannot write {tmp_path / 'out' / 'report.md'}: ")
+    assert sorted(os.listdir(tmp_path / "out")) == ["report.md", "table3_1.csv", "table3_2.csv", "table3_3.csv"]
+
+
+# ----------------------------------------------------------------------------- quality over training time
+
+def metrics(epochs, fid0, every=2, step=25, sec=30.0):
+    """metrics.jsonl records as the training scripts write them: FID/KID on every `every`-th epoch only."""
+    records = []
+    for e in range(1, epochs + 1):
+        rec = {"epoch": e, "step": step * e, "d_loss": -1.0, "g_loss": 2.0, "sec": 12.1, "train_sec": sec * e,
+               "peak_mem_mb": 100.0, "peak_tensor_mb": 50.0, "images": 1600 * e}
+        if e % every == 0:
+            rec.update(fid=fid0 / e, kid=fid0 / e / 1000, kid_std=0.004)
+        records.append(rec)
+    return records
+
+
+def write_metrics(path, records, extra_line=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+        if extra_line:
+            f.write(extra_line)
+
+
+def pixels(path):
+    with Image.open(path) as im:
+        return im.size, np.asarray(im.convert("RGB"))
+
+
+def test_quality_figure_size_colours_and_differences(tmp_path):
+    a = {"teacher": metrics(10, 300.0), "student": metrics(10, 200.0, every=5)}
+    assert report.quality_figure(a, str(tmp_path / "a.png"), title="runs") == ["teacher", "student"]
+    size, img = pixels(tmp_path / "a.png")
+    assert size == (1000, 700)
+    for colour in report.PALETTE[:2]:  # both curves drawn
+        rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        assert (img == rgb).all(axis=2).sum() > 200
+    assert not (img == tuple(int(report.PALETTE[2][i:i + 2], 16) for i in (1, 3, 5))).all(axis=2).any()
+    # other numbers, another picture
+    report.quality_figure({"teacher": metrics(10, 300.0), "student": metrics(10, 150.0, every=5)},
+                          str(tmp_path / "b.png"), title="runs")
+    assert (pixels(tmp_path / "b.png")[1] != img).any()
+    # epochs without "fid" are skipped: dropping them (and a far-away unevaluated step) changes nothing
+    only_evaluated = {k: [r for r in v if "fid" in r] for k, v in a.items()}
+    a["teacher"].append({"epoch": 11, "step": 10 ** 6, "train_sec": 10 ** 6})
+    report.quality_figure(a, str(tmp_path / "c.png"), title="runs")
+    report.quality_figure(only_evaluated, str(tmp_path / "d.png"), title="runs")
+    assert (pixels(tmp_path / "c.png")[1] == pixels(tmp_path / "d.png")[1]).all()
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_quality_figure_without_evaluations(tmp_path):
+    assert report.quality_figure({"run": metrics(3, 100.0, every=10)}, str(tmp_path / "none.png")) == []
+    assert report.quality_figure({}, str(tmp_path / "empty.png")) == []
+    report.quality_figure({"run": [{"epoch": 1, "step": 5, "train_sec": 1.0, "fid": 80.0, "kid": None}]},
+                          str(tmp_path / "one.png"))  # a single point, no KID: no zero-width axis
+    size, none = pixels(tmp_path / "none.png")
+    assert size == (1000, 700)
+    assert (none != pixels(tmp_path / "empty.png")[1]).any()  # the legend lists "run (no evaluations)"
+    assert (pixels(tmp_path / "one.png")[1] != none).any()
+
+
+def test_ticks_are_round_and_cover_the_data():
+    ticks, decimals = report._ticks(3.2, 61.0)
+    assert ticks == [0, 20, 40, 60, 80] and decimals == 0  # (61 - 3.2) / 5 = 11.6 -> steps of 20
+    ticks, decimals = report._ticks(0.0071, 0.13)
+    assert ticks[0] <= 0.0071 and ticks[-1] >= 0.13 and decimals == 2 and len(ticks) <= 8
+    ticks, _ = report._ticks(80.0, 80.0)
+    assert ticks[0] < 80.0 < ticks[-1]
+
+
+def test_study_report_writes_quality_png(tmp_path):
+    runs = make_study(tmp_path / "study")
+    write_metrics(os.path.join(runs, "teacher", "metrics.jsonl"), metrics(8, 300.0))
+    write_metrics(os.path.join(runs, "kd_a0.05", "metrics.jsonl"), metrics(8, 200.0, step=100, sec=10.0))
+    write_metrics(os.path.join(runs, "full", "metrics.jsonl"), metrics(3, 250.0, every=10), '{"epoch": 4, "st')
+    result = report.write_report(runs, str(tmp_path / "report"))
+    size, img = pixels(tmp_path / "report" / "quality.png")
+    assert size == (1000, 700) and (img != 255).any()
+    assert "![quality over training](quality.png)" in result["markdown"]
+    assert "(model 1 (teacher), KD 2, alpha=0.05)" in result["markdown"]
+    assert any("full/metrics.jsonl: 1 unreadable line(s) skipped" in w for w in result["warnings"])
+    # metrics without any evaluation: no figure
+    runs = make_study(tmp_path / "study2")
+    write_metrics(os.path.join(runs, "teacher", "metrics.jsonl"), metrics(3, 300.0, every=10))
+    result = report.write_report(runs, str(tmp_path / "report2"))
+    assert not (tmp_path / "report2" / "quality.png").exists() and "quality.png" not in result["markdown"]
+
+
+# ----------------------------------------------------------------------------- no torch needed
+
+def test_runs_without_torch_or_numpy(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    for name in ("torch", "numpy"):
+        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker works
+    runs = make_study(tmp_path / "study")
+    write_metrics(os.path.join(runs, "transfer", "metrics.jsonl"), metrics(4, 200.0))
+    for epoch in (0, 5):
+        write_png(os.path.join(runs, "teacher", "snapshots", f"epoch_{epoch:06d}.png"), (20, 10), 90)
+    write_png(os.path.join(runs, "samples", "full", "00000.png"), (8, 8), 7)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "report.py"), runs], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = os.path.join(runs, "report")
+    assert sorted(os.listdir(out)) == ["grid_full.png", "quality.png", "report.md", "table3_1.csv", "table3_2.csv",
+                                       "table3_3.csv", "timelines.png"]
+    assert [r["fid"] for r in read_csv(os.path.join(out, "table3_1.csv"))] == ["63.95", "114.58", "127.52"]
+    h = subprocess.run([sys.executable, os.path.join(ROOT, "report.py"), "--help"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert h.returncode == 0 and "(default: 0.05)" in h.stdout and "quality.png" in h.stdout

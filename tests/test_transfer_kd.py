@@ -22,17 +22,22 @@ import torch
 import torch.nn.functional as F
 
 import arch
-import common
+import harness
 import train_kd
 import train_transfer
 import train_wgan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, WIDTH = 32, 0.125
-TINY = ["--img-size", str(SIZE), "--width", str(WIDTH), "--device", "cpu"]
+TINY = ["--img-size", str(SIZE), "--width", str(WIDTH), "--device", "cpu", "--precision", "fp32"]
 # WGAN-GP loop kept small: batch 8, 2 critic steps per generator step, 2 generator steps per epoch
 FAST = ["--batch-size", "8", "--n-critic", "2", "--iters-per-epoch", "2"]
-REAL_RUN = common.Run
+REAL_RUN = harness.Run
+ENV = harness.Env(torch.device("cpu"))  # fp32, one process
+
+
+def step_args(batch_size):
+    return SimpleNamespace(nz=100, lambda_gp=10.0, batch_size=batch_size)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,17 +50,17 @@ def one_thread():
 
 
 class RunSpy:
-    """Stands in for `common.Run`: records each run's live models and optimizers and a copy of the models'
+    """Stands in for `harness.Run`: records each run's live models and optimizers and a copy of the models'
     state as training starts (after loading --init / weights_init, before the first step)."""
 
     def __init__(self, on_start=None):
         self.runs, self.on_start = [], on_start
 
-    def __call__(self, args, script, models, optimizers, batches, **kw):
+    def __call__(self, args, script, env, models, optimizers, scalers, batches, **kw):
         initial = {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}
         if self.on_start:
             self.on_start(models)
-        run = REAL_RUN(args, script, models, optimizers, batches, **kw)
+        run = REAL_RUN(args, script, env, models, optimizers, scalers, batches, **kw)
         self.runs.append(SimpleNamespace(run=run, initial=initial, models=models, optimizers=optimizers))
         return run
 
@@ -67,6 +72,10 @@ def load_ckpt(out):
 def load_summary(out):
     with open(os.path.join(out, "summary.json")) as f:
         return json.load(f)
+
+
+def model_file_mb(model):
+    return round(sum(t.numel() for t in list(model.parameters()) + list(model.buffers())) * 4 / 2**20, 1)
 
 
 def is_frozen_key(key, frozen):
@@ -83,7 +92,7 @@ def one_line_error(capsys, main, argv):
     """Run `main(argv)` as the script's `__main__` does; it must exit non-zero with one stderr line."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:  # any other exception escapes here: a traceback for the user
-        common.run_main(lambda: main([str(a) for a in argv]))
+        harness.run_main(lambda: main([str(a) for a in argv]))
     err = capsys.readouterr().err
     assert exc.value.code not in (0, None)
     assert "Traceback" not in err
@@ -116,7 +125,8 @@ def teacher_run(tmp_path_factory):
 
 
 def transfer_argv(out, *extra):
-    return ["--data", "demo:dogs:64", *TINY, *FAST, "--out", str(out), *map(str, extra)]
+    # fp32 storage of frozen weights, so "unchanged" can be checked bitwise (bf16 storage: test_precision.py)
+    return ["--data", "demo:dogs:64", *TINY, *FAST, "--frozen-dtype", "fp32", "--out", str(out), *map(str, extra)]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +136,7 @@ def transfer_run(teacher_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("transfer") / "run"
     spy = RunSpy()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(common, "Run", spy)
+        mp.setattr(harness, "Run", spy)
         train_transfer.main(transfer_argv(out, "--init", teacher_run, "--freeze-g", 2, "--freeze-d", 2,
                                           "--seed", 1, "--epochs", 1))
     (rec,) = spy.runs
@@ -227,7 +237,7 @@ def test_from_scratch_baseline_needs_no_init(tmp_path):
     out = tmp_path / "full"
     spy = RunSpy()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(common, "Run", spy)
+        mp.setattr(harness, "Run", spy)
         train_transfer.main(transfer_argv(out, "--freeze-g", 0, "--freeze-d", 0, "--epochs", 1,
                                           "--iters-per-epoch", 1, "--n-critic", 1))
     s = load_summary(out)
@@ -262,7 +272,7 @@ def test_transfer_resume_is_exact(teacher_run, tmp_path):
         for i in sa:
             for name in sa[i]:
                 assert torch.equal(sa[i][name], sb[i][name]), f"{key} state {i}.{name} differs after resume"
-    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["ranks"][0]["rng"]["torch"], b["ranks"][0]["rng"]["torch"])
 
 
 @pytest.mark.parametrize("n_frozen", [2, 3])  # 3 = every critic block but the output at 32x32
@@ -309,7 +319,7 @@ def test_frozen_critic_passes_gradients_to_the_image(n_frozen):
         G = copy.deepcopy(G0)
         opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.9))
         torch.manual_seed(3)
-        train_wgan.generator_step(G, critic, opt, 4, 100, "cpu")
+        train_wgan.generator_step(G, critic, opt, ENV.scaler(), step_args(4), ENV)
         states.append(G.state_dict())
     assert not torch.equal(states[1]["layer1.0.weight"], G0.state_dict()["layer1.0.weight"])
     for k in states[0]:
@@ -376,9 +386,9 @@ def test_default_freezing_saves_activation_bytes():
         critic, gen = SavedBytes(params), SavedBytes(params)
         torch.manual_seed(1)
         with critic.hooks():
-            d_loss, _, gp = train_wgan.critic_step(G, D, opt_d, real, 100, 10.0)
+            d_loss, _, gp = train_wgan.critic_step(G, D, opt_d, ENV.scaler(), real, step_args(8), ENV)
         with gen.hooks():
-            g_loss = train_wgan.generator_step(G, D, opt_g, 8, 100, "cpu")
+            g_loss = train_wgan.generator_step(G, D, opt_g, ENV.scaler(), step_args(8), ENV)
         assert critic.now == gen.now == 0  # nothing left behind after the steps
         assert all(torch.isfinite(t) for t in (d_loss, gp, g_loss))
         results[name] = SimpleNamespace(critic=critic.peak, gen=gen.peak, opt_d=opt_d, D=D)
@@ -394,8 +404,8 @@ def test_default_freezing_saves_activation_bytes():
     (["--init", "TEACHER", "--freeze-g", 5, "--freeze-d", 0], ["cannot freeze 5", "Generator", "has 4"]),
     (["--init", "TEACHER", "--freeze-d", 7], ["cannot freeze 7", "Discriminator", "has 4"]),
     (["--init", "TEACHER", "--freeze-d", 2, "--width", 0.25], ["--init", "width"]),
-    (["--init", "NOWHERE", "--freeze-d", 2], ["not found"]),
-    (["--freeze-g", -1], ["--freeze-g"]),
+    (["--init", "NOWHERE", "--freeze-d", 2], ["no such", "--init"]),
+    (["--init", "TEACHER", "--freeze-g", -9], ["cannot freeze -9", "Generator"]),
 ])
 def test_transfer_flag_errors_are_one_line(flags, needles, teacher_run, tmp_path, capsys):
     out = tmp_path / "o"
@@ -412,19 +422,23 @@ def test_transfer_cli_freeze_beyond_layer_count(teacher_run, tmp_path):
     assert line.startswith("error:") and "cannot freeze 9" in line and r.returncode == 2
 
 
-def test_freezing_every_block_runs_or_is_refused_in_one_line(teacher_run, tmp_path, capsys):
-    out = tmp_path / "all"
-    argv = transfer_argv(out, "--init", teacher_run, "--epochs", 1, "--iters-per-epoch", 1, "--n-critic", 1)
-    capsys.readouterr()
-    try:
-        common.run_main(lambda: train_transfer.main(argv))  # default --freeze-d 4: the whole 32x32 critic
-    except SystemExit as e:
-        err = capsys.readouterr().err
-        assert e.code not in (0, None) and "Traceback" not in err
-        assert err.strip().splitlines()[-1].startswith("error:")
-    else:
-        s = load_summary(out)
-        assert s["trainable_d"] == 0 and s["frozen_d"] == arch.freezable_layers(arch.Discriminator(SIZE, WIDTH))
+def test_default_freezing_leaves_the_last_critic_block_and_freezing_every_block_is_refused(teacher_run, tmp_path, capsys):
+    out = tmp_path / "default"
+    train_transfer.main(transfer_argv(out, "--init", teacher_run, "--epochs", 1, "--iters-per-epoch", 1, "--n-critic", 1))
+    s = load_summary(out)  # at 32x32 the critic has layer1-3 + output: the thesis' structure freezes layer1-2
+    assert s["frozen_d"] == ["layer1", "layer2"] and s["frozen_g"] == ["layer1", "layer2"] and s["trainable_d"] > 0
+    msg = one_line_error(capsys, train_transfer.main, transfer_argv(tmp_path / "all", "--init", teacher_run,
+                                                                  "--freeze-d", 4, *QUICK_TRANSFER))
+    assert "cannot freeze 4" in msg and "at least the last must train" in msg
+    assert not (tmp_path / "all").exists()  # a refused run leaves no folder behind
+
+
+@pytest.mark.parametrize("size, frozen_d", [(32, 2), (64, 3), (128, 4), (256, 5)])
+def test_default_freezing_is_the_thesis_structure_at_every_size(size, frozen_d):
+    D, G = arch.Discriminator(img_size=size, width=0.0625), arch.Generator(img_size=size, width=0.0625)
+    names = arch.freeze_layers(D, -2)  # train_transfer.py's default --freeze-d
+    assert len(names) == frozen_d and arch.freezable_layers(D)[frozen_d:] == [f"layer{frozen_d + 1}", "output"]
+    assert arch.freeze_layers(G, 2) == ["layer1", "layer2"]
 
 
 # ============================================================================ knowledge distillation
@@ -495,7 +509,7 @@ def student_update(G0, D, z, target, alpha):
     """One train_kd.student_step from a copy of G0; returns the student's new state."""
     G = copy.deepcopy(G0).train()
     opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.999))
-    train_kd.student_step(D, opt, G(z), target, alpha)
+    train_kd.student_step(G, D, opt, ENV.scaler(), G(z), target, alpha, ENV)
     return G.state_dict()
 
 
@@ -545,7 +559,7 @@ def test_bce_is_computed_from_logits():
         d_real, d_fake = D(torch.cat([real, fake])).chunk(2)
     assert d_fake.min() > 200  # logits, not probabilities: forward stops before the Sigmoid
     expected = softplus64(-d_real).mean() + softplus64(d_fake).mean()  # BCE(., 1) + BCE(., 0)
-    d_loss = train_kd.discriminator_step(D, opt_d, real, fake)
+    d_loss = train_kd.discriminator_step(D, opt_d, ENV.scaler(), real, fake, ENV)
     assert torch.isfinite(d_loss)
     torch.testing.assert_close(d_loss.double(), expected, rtol=1e-4, atol=1e-4)
     # the student's images were detached: the discriminator step gives the student no gradient
@@ -555,7 +569,8 @@ def test_bce_is_computed_from_logits():
 
 # the short KD run: alpha 0, 2 epochs x 30 iterations, batch 16, lr 2e-3 takes MSE(student, teacher) on 64
 # fixed latent vectors from the untrained student's ~0.142 (its output is ~0) to ~0.078 (measured): require < 0.7x
-KD_RUN = ["--data", "demo:cats:64", "--width", str(WIDTH), "--device", "cpu", "--batch-size", "16", "--epochs", "2",
+KD_RUN = ["--data", "demo:cats:64", "--width", str(WIDTH), "--device", "cpu", "--precision", "fp32", "--teacher-dtype", "fp32",
+          "--batch-size", "16", "--epochs", "2",
           "--iters-per-epoch", "30", "--lr", "2e-3", "--alpha", "0"]
 
 
@@ -563,7 +578,7 @@ KD_RUN = ["--data", "demo:cats:64", "--width", str(WIDTH), "--device", "cpu", "-
 def kd_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kd")
     teacher_path = tmp / "teacher.pt"
-    common.save_generator(teacher_path, tiny_teacher())
+    torch.save(arch.generator_file(tiny_teacher()), teacher_path)
     teacher_bytes = teacher_path.read_bytes()
     out = tmp / "run"
     # what the loop feeds the teacher and the student, and the targets it hands to student_step
@@ -579,12 +594,12 @@ def kd_run(tmp_path_factory):
         loaded.append(teacher)
         return teacher, config
 
-    def student_step(D, opt_g, fake, target, alpha):
+    def student_step(G, D, opt_g, scaler, fake, target, alpha, env, augment):
         calls.targets.append(target.detach().clone())
-        return real_student_step(D, opt_g, fake, target, alpha)
+        return real_student_step(G, D, opt_g, scaler, fake, target, alpha, env, augment)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(common, "Run", spy)
+        mp.setattr(harness, "Run", spy)
         mp.setattr(train_kd, "load_teacher", load_teacher)
         mp.setattr(train_kd, "student_step", student_step)
         train_kd.main([*KD_RUN, "--teacher", str(teacher_path), "--out", str(out)])
@@ -624,7 +639,7 @@ def test_kd_run_lowers_mse_to_the_teacher(kd_run):
     z = torch.randn(64, 100, 1, 1, generator=torch.Generator().manual_seed(123))
     before = arch.GeneratorKD(img_size=SIZE, width=WIDTH)
     before.load_state_dict(kd_run.initial["G"])
-    after, config = common.load_model(kd_run.out / "generator.pt", kinds=("GeneratorKD",))
+    after, config = arch.load_model(kd_run.out / "generator.pt", kinds=("GeneratorKD",))
     assert config["img_size"] == SIZE and config["width"] == WIDTH
     teacher = tiny_teacher()
     with torch.no_grad():
@@ -644,32 +659,38 @@ def test_kd_summary_records_teacher_student_and_alpha(kd_run):
     assert s["teacher"] == str(kd_run.teacher_path)
     assert s["params_teacher"] == arch.count_params(teacher)
     assert s["params_g"] == s["trainable_g"] == arch.count_params(student) < s["params_teacher"]
-    assert s["teacher_mb"] == common.model_file_mb(teacher)
-    assert s["student_mb"] == common.model_file_mb(student) < s["teacher_mb"]
+    assert s["teacher_mb"] == model_file_mb(teacher)
+    assert s["student_mb"] == model_file_mb(student) < s["teacher_mb"]
     assert s["args"]["img_size"] == SIZE and s["args"]["nz"] == 100  # taken from the teacher
 
 
 def test_load_teacher_accepts_run_dir_checkpoint_and_generator_file(teacher_run):
-    expected = load_ckpt(teacher_run)["G"]["state_dict"]
+    expected = load_ckpt(teacher_run)["G_ema"]["state_dict"]  # the moving average: the better generator
     for path in (teacher_run, teacher_run / "ckpt.pt", teacher_run / "generator.pt"):
-        teacher, config = train_kd.load_teacher(str(path), "cpu", None, None)
+        teacher, config = train_kd.load_teacher(str(path), "cpu", None, None, dtype="fp32")
         assert config["kind"] == "Generator" and not teacher.training
         assert not any(p.requires_grad for p in teacher.parameters())
         state = teacher.state_dict()
         assert all(torch.equal(state[k], v) for k, v in expected.items())
+    lean, _ = train_kd.load_teacher(str(teacher_run), "cpu", None, None)  # default: weights stored in bf16
+    for name, p in lean.named_parameters():
+        assert p.dtype == torch.bfloat16 and torch.equal(p, expected[name].to(torch.bfloat16)), name
+    z = torch.randn(4, 100, 1, 1)
+    with torch.no_grad():  # computed in fp32 from the rounded weights: close to the fp32 teacher
+        torch.testing.assert_close(lean(z), teacher(z), atol=0.02, rtol=0)
 
 
 def kd_bad_teacher(kind, tmp_path):
     path = tmp_path / f"{kind}.pt"
     torch.manual_seed(0)
     if kind == "generatorkd-file":
-        common.save_generator(path, arch.GeneratorKD(img_size=SIZE, width=WIDTH))
+        torch.save(arch.generator_file(arch.GeneratorKD(img_size=SIZE, width=WIDTH)), path)
     elif kind == "generatorkd-state-dict":
         torch.save(arch.GeneratorKD(img_size=SIZE, width=WIDTH).state_dict(), path)
     elif kind == "discriminator-state-dict":
         torch.save(arch.Discriminator(img_size=SIZE, width=WIDTH).state_dict(), path)
     elif kind == "dcgan-discriminator-file":
-        common.save_generator(path, arch.DCGANDiscriminator(img_size=SIZE, width=WIDTH))
+        torch.save(arch.generator_file(arch.DCGANDiscriminator(img_size=SIZE, width=WIDTH)), path)
     elif kind == "garbage-bytes":
         path.write_bytes(b"\x00not a torch file\xff" * 50)
     elif kind == "empty-file":
@@ -686,10 +707,10 @@ def kd_bad_teacher(kind, tmp_path):
     ("generatorkd-state-dict", "GeneratorKD"),
     ("discriminator-state-dict", "Discriminator"),
     ("dcgan-discriminator-file", "DCGANDiscriminator"),
-    ("garbage-bytes", "cannot read"),
-    ("empty-file", "cannot read"),
+    ("garbage-bytes", "not a PyTorch file"),
+    ("empty-file", "is empty"),
     ("torch-list", "not a generator file"),
-    ("dict-with-tensor-G", ""),
+    ("dict-with-tensor-G", "cannot tell the architecture"),
 ])
 def test_kd_wrong_teacher_is_one_line(kind, needle, tmp_path, capsys):
     path = kd_bad_teacher(kind, tmp_path)

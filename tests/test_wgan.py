@@ -1,5 +1,6 @@
 """train_wgan.py: the gradient penalty, the two updates, checkpoints, exact resume, learning, user errors."""
 import json
+from types import SimpleNamespace
 import os
 import subprocess
 import sys
@@ -10,13 +11,13 @@ import torch
 import torch.nn as nn
 
 import arch
-import common
+import harness
 import data
 import train_wgan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--img-size", "32", "--width", "0.125", "--batch-size", "8", "--iters-per-epoch", "2", "--n-critic", "2",
-        "--data", "demo:cats:64", "--device", "cpu", "--snapshot-every", "1"]
+        "--data", "demo:cats:64", "--device", "cpu", "--snapshot-every", "1", "--precision", "fp32"]
 
 
 class TinyCritic(nn.Module):
@@ -63,6 +64,10 @@ def test_gradient_penalty_of_linear_critic(scale, expected):
     assert abs(gp.item() - expected) < 1e-5
 
 
+ENV = harness.Env(torch.device("cpu"))  # fp32, one process
+STEP_ARGS = SimpleNamespace(nz=100, lambda_gp=10.0, batch_size=8)
+
+
 def tiny_models():
     torch.manual_seed(0)
     G, D = arch.Generator(img_size=32, width=0.125), arch.Discriminator(img_size=32, width=0.125)
@@ -82,7 +87,7 @@ def changed(before, model):
 def test_critic_step_changes_only_the_critic():
     G, D, opt_g, opt_d = tiny_models()
     g0, d0 = params(G), params(D)
-    loss, wasserstein, gp = train_wgan.critic_step(G, D, opt_d, torch.rand(8, 3, 32, 32) * 2 - 1, 100, 10.0)
+    loss, wasserstein, gp = train_wgan.critic_step(G, D, opt_d, ENV.scaler(), torch.rand(8, 3, 32, 32) * 2 - 1, STEP_ARGS, ENV)
     # (conv biases right before InstanceNorm get no gradient: the norm subtracts them out)
     assert not any(changed(g0, G)) and any(changed(d0, D)) and not torch.equal(d0[-2], D.output[0].weight)
     assert all(p.grad is None for p in list(G.parameters()) + list(D.parameters()))  # freed after the step
@@ -96,7 +101,7 @@ def test_generator_step_changes_only_the_generator_on_a_fresh_batch():
     D.forward = lambda x: seen.append(x) or forward(x)
     g0, d0 = params(G), params(D)
     torch.manual_seed(5)
-    train_wgan.generator_step(G, D, opt_g, 8, 100, "cpu")
+    train_wgan.generator_step(G, D, opt_g, ENV.scaler(), STEP_ARGS, ENV)
     assert all(changed(g0, G)) and not any(changed(d0, D))
     assert all(p.requires_grad for p in D.parameters())  # the critic's flags are restored
     assert all(p.grad is None for p in D.parameters())  # no gradient was computed for the critic
@@ -112,7 +117,7 @@ def test_generator_step_changes_only_the_generator_on_a_fresh_batch():
 def test_main_writes_every_output(tmp_path):
     out = tmp_path / "run"
     train_wgan.main(TINY + ["--epochs", "2", "--out", str(out)])
-    for name in ("ckpt.pt", "generator.pt", "metrics.jsonl", "summary.json", "timeline.png", "fixed_z.pt",
+    for name in ("ckpt.pt", "generator.pt", "metrics.jsonl", "summary.json", "timeline.png",
                  "snapshots/epoch_000000.png", "snapshots/epoch_000002.png"):
         assert (out / name).is_file(), name
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -123,12 +128,17 @@ def test_main_writes_every_output(tmp_path):
                             "peak_mem_mb", "sec_per_epoch", "device", "peak_tensor_mb", "peak_mem_kind"}
     assert summary["params_g"] == summary["trainable_g"] == arch.count_params(arch.Generator(img_size=32, width=0.125))
     assert summary["peak_tensor_mb"] > 0 and summary["steps"] == 4
-    G, config = common.load_model(str(out / "generator.pt"))
+    G, config = arch.load_model(str(out / "generator.pt"), ema=False)
     assert config == {"kind": "Generator", "nz": 100, "img_size": 32, "width": 0.125, "nc": 3}
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)  # loads without allowing code
-    assert {"G", "D", "opt_g", "opt_d", "rng", "batches", "args", "epoch", "step"} <= set(ckpt)
+    assert {"G", "G_ema", "D", "opt_g", "opt_d", "scaler_g", "scaler_d", "ranks", "args", "epoch", "step"} <= set(ckpt)
+    assert set(ckpt["ranks"][0]) == {"rng", "batches"}
+    G_ema, _ = arch.load_model(str(out / "generator.pt"))  # the moving average by default
+    assert G.weights_kind == "raw" and G_ema.weights_kind == "ema"
     for k, v in G.state_dict().items():
         assert torch.equal(v, ckpt["G"]["state_dict"][k])
+        assert torch.equal(G_ema.state_dict()[k], ckpt["G_ema"]["state_dict"][k])
+    assert any(not torch.equal(v, G_ema.state_dict()[k]) for k, v in G.state_dict().items() if v.is_floating_point())
 
 
 def test_resume_is_bitwise_exact(tmp_path):
@@ -148,13 +158,13 @@ def test_resume_is_bitwise_exact(tmp_path):
 
 
 def test_checkpoint_round_trip_restores_rng_and_state(tmp_path):
-    common.seed_everything(3)
-    state = common.rng_state()
+    harness.seed_everything(3)
+    state = harness.rng_state()
     expected = (torch.rand(3), np.random.rand(3), __import__("random").random())
     path = tmp_path / "c.pt"
-    common.save_checkpoint(path, {"rng": state})
-    common.seed_everything(99)
-    common.set_rng_state(common.load_checkpoint(path)["rng"])
+    torch.save({"rng": state}, path)
+    harness.seed_everything(99)
+    harness.set_rng_state(arch.read_file(path)["rng"])
     got = (torch.rand(3), np.random.rand(3), __import__("random").random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
     assert not any(f.startswith("c.pt.tmp") for f in os.listdir(tmp_path))  # the temp file was renamed
@@ -181,7 +191,7 @@ def test_training_moves_the_generator_towards_the_data(tmp_path):
     train_wgan.main(["--img-size", "32", "--width", "0.25", "--batch-size", "32", "--iters-per-epoch", "25",
                      "--lr", "5e-4", "--data", "demo:cats:512", "--device", "cpu", "--epochs", "6",
                      "--snapshot-every", "100", "--out", str(out)])
-    trained, _ = common.load_model(str(out / "generator.pt"))
+    trained, _ = arch.load_model(str(out / "generator.pt"))
     with torch.no_grad():
         before = image_stats_fd(untrained.eval()(z), real)
         after = image_stats_fd(trained.eval()(z), real)

@@ -1,0 +1,795 @@
+"""The small training harness of train_wgan.py, train_transfer.py and train_kd.py: what a loop needs besides
+its algorithm, each piece called visibly from the loop.
+
+    env = setup(args)                      device, threads, seeds, precision, torch.distributed from torchrun
+    resume = open_run(args, script, env)   --out / --resume checked before anything slow: a checkpoint or None
+    run = Run(args, script, env, ...)      checkpoints, metrics.jsonl, summary.json, snapshots, EMA, evaluation,
+                                           SIGINT/SIGTERM (finish the step, checkpoint, exit), non-finite stops
+    optimize(loss, model, opt, scaler, env)  backward, gradients averaged over ranks, Adam step
+    run.meter.hooks()                      peak training memory (device and a device-independent tensor count)
+"""
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import re
+import signal
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import arch
+import data
+
+
+# ----------------------------------------------------------------------------- errors, warnings, flags
+
+class UserError(Exception):
+    """A mistake of the user's (path, flag, checkpoint): one line on stderr and exit status 2 (`run_main`)."""
+
+
+def run_main(main):
+    """Run `main()`: user errors become one line and exit 2, warnings one line each, never a traceback."""
+    warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {msg}", file=sys.stderr, flush=True)
+    try:
+        main()
+    except (UserError, data.DataError, arch.ModelFileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with every default in --help and a one-line error (exit 2)."""
+
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", self.Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind, test, what):
+    def parse(text):
+        value = kind(text)
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a positive finite number")
+nonneg_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
+beta = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+image_size = _number(int, lambda v: 16 <= v <= 1024 and not v & (v - 1), "a power of two from 16 to 1024")
+
+
+def add_run_args(p, data_default="demo:cats", out_default="runs/wgan"):
+    """The flags every training script shares (hyperparameters stay in each script)."""
+    p.add_argument("--data", default=data_default, help="image folder, or demo:cats / demo:dogs (built-in procedural data)")
+    p.add_argument("--out", default=out_default, help="run directory: checkpoints, pictures, metrics")
+    p.add_argument("--width", type=positive_float, default=1.0, help="channel-width multiplier; 1 = thesis architecture")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: LOCAL_RANK's GPU)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype of the forward passes: auto = bf16 on CUDA with bf16 and on CPUs with native "
+                        "bf16 (measured at start), else fp32; fp16 uses loss scaling")
+    p.add_argument("--seed", type=int, default=0, help="random seed (each process of a multi-GPU run derives its own)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="continue a run: from CKPT, or (flag alone) from <out>/ckpt.pt if it exists, else start fresh")
+    p.add_argument("--ema", type=nonneg_float, default=10000, metavar="IMAGES",
+                   help="half-life, in real images shown, of the exponential moving average of the generator's weights "
+                        "(saved in generator.pt, used for samples); 0 = off")
+    p.add_argument("--diffaug", default="none", metavar="POLICY",
+                   help="DiffAugment policy for every critic/discriminator input, e.g. color,translation,cutout; none = off")
+    p.add_argument("--eval-every", type=nonneg_int, default=0, metavar="K",
+                   help="every K epochs: FID/KID of --eval-n fixed latents against --eval-ref (needs pytorch-fid); 0 = off")
+    p.add_argument("--eval-ref", default=None, metavar="STATS.npz", help="reference statistics (compute_fid.py --save-stats)")
+    p.add_argument("--eval-n", type=positive_int, default=500, help="images generated per evaluation")
+    p.add_argument("--eval-raw", action="store_true", help="with --ema: also evaluate the raw generator (twice the time)")
+    p.add_argument("--eval-weights", default=None, metavar="PATH", help="FID Inception weights (compute_fid.py --weights)")
+    p.add_argument("--sync-bn", action="store_true", help="multi-GPU: BatchNorm statistics of the generator over all processes")
+    p.add_argument("--snapshot-every", type=positive_int, default=10, help="render the fixed latent vectors every K epochs")
+    p.add_argument("--save-every", type=positive_int, default=10, help="write the checkpoint every K epochs, and at the end")
+    p.add_argument("--flip", action="store_true", help="random horizontal flips of the real images")
+    p.add_argument("--cache-dir", default=None, help="where decoded datasets are cached (None: $GANOPT_CACHE or ~/.cache/ganopt)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (None: torch's choice)")
+    return p
+
+
+# ----------------------------------------------------------------------------- device, processes, precision
+
+class Env:
+    """Where this process runs: device, rank / world size (torchrun), precision."""
+
+    def __init__(self, device, rank=0, world_size=1, precision="fp32"):
+        self.device, self.rank, self.world_size, self.precision = device, rank, world_size, precision
+        self.master = rank == 0
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def scaler(self):
+        """Loss scaling for fp16 (a no-op object otherwise), one per optimizer."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+
+def get_device(spec="auto"):
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    return device
+
+
+def setup(args):
+    """Device, CPU threads, process group (under torchrun), precision; seeds every RNG (per process)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = get_device(args.device)
+    if world_size > 1:  # torchrun: one process per GPU (LOCAL_RANK picks it), gloo between CPU processes
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        elif args.sync_bn:  # torch's SyncBatchNorm raises on CPU tensors (checked with torch 2.14)
+            raise UserError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run in CPU processes (gloo)")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    args.precision_flag = args.precision  # "auto" follows the checkpoint's choice on --resume (see open_run)
+    precision = arch.default_precision(device) if args.precision == "auto" else args.precision
+    if precision == "bf16" and device.type == "cpu" and arch.bf16_speedup() < 1:
+        warnings.warn("--precision bf16: this CPU has no native bf16 arithmetic (it is emulated, ~10x slower)")
+    if precision == "fp16" and device.type == "cpu":
+        warnings.warn("--precision fp16 on a CPU is slow; it is meant for GPUs")
+    args.precision = precision
+    data.diffaug_policy(args.diffaug)  # a bad policy fails now, not after the data is decoded
+    if args.eval_every and not (args.eval_ref and os.path.isfile(args.eval_ref)):
+        raise UserError(f"--eval-every needs --eval-ref STATS.npz (compute_fid.py --save-stats DATASET STATS.npz), got {args.eval_ref}")
+    seed_everything(args.seed, rank)
+    return Env(device, rank, world_size, precision)
+
+
+def seed_everything(seed, rank=0):
+    # every process draws its own latents and noise; rank 0 of any run draws what a 1-process run draws
+    seed = seed + 1_000_003 * rank
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    """Every RNG this process draws from, as tensors and plain data (`torch.load(weights_only=True)` reads it)."""
+    key, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+             "numpy": {"key": key, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached),
+                       "state": torch.from_numpy(keys.astype(np.int64))}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+class Adam(torch.optim.Optimizer):
+    """Adam (Kingma & Ba) that keeps no first moment when beta1 = 0 -- it then equals the gradient -- so the
+    thesis' settings (betas (0, 0.9) and (0, 0.999)) need 4 bytes of state per weight instead of 8. The same
+    update as torch.optim.Adam(amsgrad=False, weight_decay=0), to float rounding."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    if beta1 > 0:
+                        state["exp_avg"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"].item()
+                g = p.grad
+                state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                m = state["exp_avg"].lerp_(g, 1 - beta1) if beta1 > 0 else g
+                denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** t)).add_(eps)
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1 ** t))
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def optimize(loss, model, opt, scaler, env):
+    """backward, gradients averaged over processes, one optimizer step (loss-scaled under fp16), gradients freed."""
+    scaler.scale(loss).backward()
+    if env.world_size > 1:
+        average_gradients(model, env.world_size)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)  # free the gradients now, not during the other network's steps
+
+
+def average_gradients(model, world_size):
+    """All-reduce (mean) every trainable parameter's gradient across processes, before the optimizer step.
+
+    Why not DistributedDataParallel: the gradient penalty calls autograd.grad(create_graph=True) inside the
+    critic's forward/backward, which DDP's reducer does not support, and DDP silently skips parameters that get
+    no gradient in a phase. Here every trainable parameter takes part (zeros where it has no gradient), after
+    the one complete backward, so the result is exactly the gradient of the mean loss over the global batch.
+    """
+    grads = []
+    for p in trainable(model):
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    works = [dist.all_reduce(g, async_op=True) for g in grads]
+    for work, g in zip(works, grads):
+        work.wait()
+        g.div_(world_size)
+
+
+def broadcast_models(models, env):
+    """Start every process from rank 0's weights."""
+    if env.world_size > 1:
+        for model in models:
+            for t in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(t.data, 0)
+
+
+class EMA:
+    """Exponential moving average of the generator's weights, BatchNorm statistics copied (Karras et al. 2019;
+    as in stylegan2-ada: a half-life in images, ramped up over the first images so early averages follow)."""
+
+    def __init__(self, G, half_life_images, rampup=0.05):
+        self.model = copy.deepcopy(G).eval().requires_grad_(False)
+        self.half_life, self.rampup = half_life_images, rampup
+
+    @torch.no_grad()
+    def update(self, G, images_seen, batch_images):
+        half_life = min(self.half_life, images_seen * self.rampup)
+        beta = 0.5 ** (batch_images / max(half_life, 1e-8))
+        for e, p in zip(self.model.parameters(), G.parameters()):
+            e.lerp_(p.to(e.dtype), 1 - beta)
+        for e, b in zip(self.model.buffers(), G.buffers()):
+            e.copy_(b)
+
+
+# ----------------------------------------------------------------------------- files
+
+def atomic_write(path, write):
+    """Write through `write(tmp)` to a temp file beside `path`, then rename: never half a file; any failure to
+    write (disk full, read-only, too large) is one line naming the file."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    except RuntimeError as e:  # torch.save's zip writer reports a full disk as "enforce fail ... unexpected pos"
+        raise UserError(f"cannot write {path}: disk full or file too large ({str(e).splitlines()[0][:80]})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def remove_stale_temp_files(folder):
+    """Temp files left by writers that were killed (`*.tmp<PID>` whose process is gone)."""
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            match = re.fullmatch(r".+\.tmp(\d+)", name)
+            if match and not _alive(int(match.group(1))):
+                os.remove(os.path.join(parent, name))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(obj, indent=2) + "\n"))
+
+
+def check_writable(folder):
+    """--out must be (or be creatable in) a writable folder: checked before any data or model is loaded."""
+    existing = folder
+    while not os.path.exists(existing or "."):
+        existing = os.path.dirname(existing)
+    existing = existing or "."
+    if not os.path.isdir(existing):
+        raise UserError(f"--out {folder}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {folder}: {existing} is not writable")
+
+
+CHECKPOINT_FORMAT = arch.CHECKPOINT_FORMAT
+
+
+def open_run(args, script, env):
+    """Check --out and --resume before anything slow: the loaded checkpoint to resume, or None to start fresh."""
+    out, ckpt_path = args.out, os.path.join(args.out, "ckpt.pt")
+    check_writable(out)
+    if env.master:
+        remove_stale_temp_files(out)
+    has_run = os.path.isfile(ckpt_path) or os.path.isfile(os.path.join(out, "metrics.jsonl"))
+    if args.resume is None:
+        if has_run:
+            raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        return None
+    path = args.resume if args.resume != "auto" else (ckpt_path if os.path.isfile(ckpt_path) else None)
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise UserError(f"--resume {args.resume}: no such checkpoint")
+    if has_run and not os.path.samefile(os.path.dirname(os.path.abspath(path)), out):
+        raise UserError(f"--resume {path} belongs to another run, and {out} holds a run of its own: "
+                        f"resume into an empty --out, or into {os.path.dirname(path) or '.'}")
+    ckpt = arch.read_file(path, "cpu")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a training checkpoint of this toolkit")
+    if ckpt.get("script") != script:
+        raise UserError(f"{path} was written by {ckpt.get('script')}, not {script}")
+    if ckpt["epoch"] > args.epochs:
+        raise UserError(f"{path} has trained {ckpt['epoch']} epochs already, more than --epochs {args.epochs}: "
+                        f"pass --epochs {ckpt['epoch']} or more")
+    if ckpt["iteration"] and ckpt["args"]["iters_per_epoch"] != args.iters_per_epoch:
+        raise UserError(f"{path} was stopped in the middle of an epoch of {ckpt['args']['iters_per_epoch']} iterations: "
+                        f"resume with --iters-per-epoch {ckpt['args']['iters_per_epoch']} (change it after that epoch)")
+    if args.precision_flag == "auto" and ckpt["args"].get("precision", env.precision) != env.precision:
+        env.__init__(env.device, env.rank, env.world_size, ckpt["args"]["precision"])  # resume as it ran
+        args.precision = env.precision
+    ckpt["path"] = path
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- pictures
+
+def to_uint8(images):
+    """[-1, 1] floats -> uint8 with correct rounding, as saved PNGs hold."""
+    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def save_grid(images, path, nrow):
+    from PIL import Image
+    import torchvision.utils as vutils
+    grid = vutils.make_grid(to_uint8(images).cpu(), nrow=nrow, padding=2, pad_value=255)
+    atomic_write(path, lambda tmp: Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG"))
+
+
+def write_timeline(folder, path, max_rows=16):
+    """Stack the snapshot rows (at most `max_rows`, evenly spread, always the last) into one PNG."""
+    from PIL import Image
+    files = sorted(f for f in os.listdir(folder) if f.startswith("epoch_") and f.endswith(".png"))
+    if len(files) > max_rows:
+        files = [files[i] for i in sorted({round(i * (len(files) - 1) / (max_rows - 1)) for i in range(max_rows)})]
+    rows = [Image.open(os.path.join(folder, f)).convert("RGB") for f in files]
+    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
+    for i, r in enumerate(rows):
+        sheet.paste(r, (0, sum(x.height for x in rows[:i])))
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
+
+
+# ----------------------------------------------------------------------------- memory
+
+class MemoryMeter:
+    """Peak training memory, two ways.
+
+    device: on CUDA `torch.cuda.max_memory_allocated`; on CPU the process' peak resident set size (VmHWM, reset
+        at `start()`), which includes the interpreter and allocator slack, too coarse to compare methods; hence
+    tensors: a device-independent count of what training holds: parameters and buffers, gradients, optimizer
+        state (read around every optimizer step) and the activations autograd saved for backward (counted live
+        through saved_tensors_hooks, each storage once). Transient workspace is not counted.
+    The hooks cost time, and the peak repeats every iteration once the optimizer state exists, so they watch only
+    the first `watch_iterations` iterations after each start; `hooks()` is a no-op after that.
+    """
+
+    def __init__(self, device, models, optimizers, watch_iterations=3):
+        self.device, self.models, self.optimizers = torch.device(device), list(models), list(optimizers)
+        self.watch_iterations, self.live, self.live_bytes = watch_iterations, {}, 0
+        self.peak_bytes, self.peak_parts, self.static, self._param_keys = 0, {}, {}, set()
+        for opt in self.optimizers:  # gradients and optimizer state both exist just before and after a step
+            opt.register_step_pre_hook(lambda *a: self.sample())
+            opt.register_step_post_hook(lambda *a: self.sample())
+
+    def start(self):
+        self.left = self.watch_iterations
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS
+            except OSError:
+                pass
+        self.sample(force=True)
+
+    def sample(self, force=False):
+        if not (force or self.left > 0):
+            return
+        seen, parts = set(), {"params": 0, "grads": 0, "optimizer": 0}
+        for m in self.models:
+            for t in list(m.parameters()) + list(m.buffers()):
+                key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+                if key not in seen:
+                    seen.add(key)
+                    parts["params"] += key[1]
+            parts["grads"] += sum(p.grad.untyped_storage().nbytes() for p in m.parameters() if p.grad is not None)
+        parts["optimizer"] = sum(v.untyped_storage().nbytes() for o in self.optimizers for s in o.state.values()
+                                 for v in s.values() if isinstance(v, torch.Tensor) and v.numel() > 1)
+        self._param_keys, self.static = seen, parts
+        self._update_peak()
+
+    def _update_peak(self):
+        total = sum(self.static.values()) + self.live_bytes
+        if total > self.peak_bytes:
+            self.peak_bytes, self.peak_parts = total, dict(self.static, activations=self.live_bytes)
+
+    def _pack(self, t):
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key in self._param_keys or key[1] == 0:
+            return t  # a parameter saved for backward is counted already
+        entry = self.live.setdefault(key, [0, key[1]])
+        if entry[0] == 0:
+            self.live_bytes += key[1]
+            self._update_peak()
+        entry[0] += 1
+        return _Saved(t, self, key)
+
+    def _release(self, key):
+        entry = self.live.get(key)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del self.live[key]
+                self.live_bytes -= entry[1]
+
+    def hooks(self):
+        """Context around one training iteration: counts saved activations while still watching."""
+        if self.left <= 0:
+            return contextlib.nullcontext()
+        self.left -= 1
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda s: s.tensor if isinstance(s, _Saved) else s)
+
+    def device_peak_bytes(self):
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def report(self):
+        mb = 2 ** 20
+        return {"peak_mem_mb": round(self.device_peak_bytes() / mb, 1),
+                "peak_mem_kind": "cuda_max_memory_allocated" if self.device.type == "cuda" else "process_peak_rss",
+                "peak_tensor_mb": round(self.peak_bytes / mb, 1),
+                "peak_tensor_parts_mb": {k: round(v / mb, 1) for k, v in self.peak_parts.items()}}
+
+
+class _Saved:
+    """What autograd holds instead of a saved tensor; its death tells the meter the bytes are free."""
+    __slots__ = ("tensor", "meter", "key")
+
+    def __init__(self, tensor, meter, key):
+        self.tensor, self.meter, self.key = tensor, meter, key
+
+    def __del__(self):
+        self.meter._release(self.key)
+
+
+# ----------------------------------------------------------------------------- one training run
+
+class Run:
+    """Everything around a training loop, rank 0 writing, every process calling:
+
+        epoch, first_it, step, losses = run.position(columns)   # where to start (after --resume too)
+        for epoch in range(epoch, args.epochs + 1):
+            for it in range(first_it, args.iters_per_epoch):
+                with run.meter.hooks(): ...                      # the algorithm's steps
+                step += 1; losses[it] = ...
+                if run.stop_requested(): run.stop(epoch, it + 1, step, losses)   # SIGINT/SIGTERM
+            run.end_epoch(epoch, step, losses, names)            # log, evaluate, snapshots, checkpoint
+            first_it, losses = 0, losses.zero_()
+        run.finish(step, summary)
+
+    A resumed run restores models, optimizers, loss scalers, EMA, batch order, every RNG and the position
+    (mid-epoch after a signal), so it ends bitwise equal to an uninterrupted run on the same device.
+    """
+
+    def __init__(self, args, script, env, models, optimizers, scalers, batches, resume=None, ema=None, also_in_memory=()):
+        self.args, self.script, self.env, self.out = args, script, env, args.out
+        self.models, self.optimizers, self.scalers, self.batches, self.ema = models, optimizers, scalers, batches, ema
+        self.G = models["G"]
+        self.sampler = ema.model if ema else self.G  # the weights samples, snapshots and evaluations show
+        self.global_batch = args.batch_size * env.world_size
+        self.done = dict(epoch=0, iteration=0, step=0, images=0, train_sec=0.0, losses=None)
+        self.resumed_memory = None
+        if resume is not None:
+            self._restore(resume)
+        broadcast_models(list(models.values()) + ([ema.model] if ema else []), env)
+        self.meter = MemoryMeter(env.device, list(models.values()) + list(also_in_memory) + ([ema.model] if ema else []),
+                                 optimizers.values())
+        self.evaluate = Evaluator(args, self.G.config["nz"], env) if args.eval_every and env.master else None
+        self.secs, self.signal = [], None
+        if env.master:
+            os.makedirs(os.path.join(self.out, "snapshots"), exist_ok=True)
+            self.z_fixed = torch.randn(6, self.G.config["nz"], 1, 1, generator=torch.Generator().manual_seed(1234))
+            if resume is None and os.path.isfile(os.path.join(self.out, "metrics.jsonl")):
+                os.remove(os.path.join(self.out, "metrics.jsonl"))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    # -- position and resume
+    def _restore(self, ckpt):
+        for key, model in self.models.items():
+            if ckpt[key]["config"] != model.config:
+                raise UserError(f"{ckpt['path']}: its {key} is {ckpt[key]['config']}, but the flags give {model.config}")
+            model.load_state_dict(ckpt[key]["state_dict"])
+        if self.ema and "G_ema" in ckpt:
+            self.ema.model.load_state_dict(ckpt["G_ema"]["state_dict"])
+        elif self.ema:
+            self.ema.model.load_state_dict(self.G.state_dict())
+        for key, opt in self.optimizers.items():
+            lrs = [g["lr"] for g in opt.param_groups]
+            opt.load_state_dict(ckpt[key])
+            for g, lr in zip(opt.param_groups, lrs):
+                g["lr"] = lr
+        for key, scaler in self.scalers.items():
+            if key in ckpt:
+                scaler.load_state_dict(ckpt[key])
+        ranks = ckpt["ranks"]
+        mine = ranks[self.env.rank] if len(ranks) == self.env.world_size else None
+        self.batches.load_state_dict((mine or ranks[0])["batches"])
+        if mine:
+            set_rng_state(mine["rng"])
+        else:  # another number of processes wrote it: same epoch and step, new draws (the order differs)
+            seed_everything(self.args.seed + ckpt["step"], self.env.rank)
+            print(f"note: {ckpt['path']} was written by {len(ranks)} process(es), this run has "
+                  f"{self.env.world_size}: the batch order and latents from here differ", flush=True)
+        self.done = {k: ckpt.get(k, 0) for k in self.done}
+        self.resumed_memory = ckpt.get("memory")
+        print(f"resumed {ckpt['path']} at epoch {ckpt['epoch']} + {ckpt['iteration']} iterations (step {ckpt['step']})", flush=True)
+        ckpt.clear()  # the weights live in the models now: drop the loaded copies
+
+    def position(self, columns):
+        """(first epoch, first iteration, step, per-iteration loss table) to continue from; starts the clocks."""
+        losses = torch.zeros(self.args.iters_per_epoch, columns, device=self.env.device)
+        if self.done["losses"] is not None:
+            losses.copy_(self.done["losses"])
+        if self.done["step"] == 0 and self.env.master:
+            self._snapshot(0)  # the untrained generator: row 0 of the timeline
+        self.meter.start()
+        self.t0 = time.time()
+        self.start_step, self.start_images = self.done["step"], self.done["images"]
+        return self.done["epoch"] + 1, self.done["iteration"], self.done["step"], losses
+
+    def images_seen(self, step):
+        """Generated images shown so far in the run (all processes), at generator update `step`."""
+        return self.start_images + (step - self.start_step) * self.global_batch
+
+    # -- signals
+    def _on_signal(self, signum, frame):
+        if self.signal is not None:  # a second signal: exit at once
+            print(f"\n{signal.Signals(signum).name} again: exiting without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing the step, then checkpointing (again to exit at once)",
+              file=sys.stderr, flush=True)
+
+    def stop_requested(self):
+        if self.env.world_size == 1:
+            return self.signal is not None
+        flag = torch.tensor(float(self.signal is not None), device=self.env.device)
+        if self.env.world_size > 1:  # every process stops at the same iteration
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
+    def stop(self, epoch, iteration, step, losses):
+        """Checkpoint this exact point (mid-epoch) and exit 128 + signal number, saying how to resume."""
+        self._check_finite(epoch, step, losses[:iteration])
+        self.done.update(epoch=epoch - 1, iteration=iteration, step=step, images=self.images_seen(step), losses=losses)
+        self._save(checkpoint_only=True)
+        signum = self.signal or signal.SIGTERM
+        print(f"stopped at epoch {epoch}, iteration {iteration} (step {step}); checkpoint {self.out}/ckpt.pt: "
+              f"continue with the same command plus --resume", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    # -- per epoch
+    def _check_finite(self, epoch, step, losses):
+        bad = ~torch.isfinite(losses).all(dim=1)
+        if bad.any():
+            it = int(bad.nonzero()[0])
+            first_step = step - len(losses) + it + 1
+            raise UserError(f"non-finite loss at epoch {epoch}, step {first_step} (losses {losses[it].tolist()}): "
+                            f"training stopped; " + (f"the last good checkpoint {self.out}/ckpt.pt is kept " if os.path.isfile(os.path.join(self.out, "ckpt.pt")) else "no checkpoint was written yet ") + 
+                            f"(lower --lr, or try --precision fp32)")
+
+    def end_epoch(self, epoch, step, losses, names):
+        """Log the epoch's mean losses; evaluate, render snapshots and checkpoint when due (the last epoch always)."""
+        if self.env.world_size > 1:
+            dist.all_reduce(losses)
+            losses /= self.env.world_size
+        self._check_finite(epoch, step, losses)
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+        sec = time.time() - self.t0
+        self.secs.append(sec)
+        train_sec = self.done["train_sec"] + sec
+        self.done.update(epoch=epoch, iteration=0, step=step, images=self.images_seen(step), train_sec=train_sec, losses=None)
+        last = epoch == self.args.epochs
+        mem = self.meter.report()
+        record = {"epoch": epoch, "step": step, **dict(zip(names, losses.mean(0).tolist())), "sec": round(sec, 4),
+                  "train_sec": round(train_sec, 2), "images": self.done["images"],
+                  "peak_mem_mb": mem["peak_mem_mb"], "peak_tensor_mb": mem["peak_tensor_mb"]}
+        if self.evaluate and (epoch % self.args.eval_every == 0 or last):
+            record.update(self.evaluate(self.sampler))
+            if self.ema and self.args.eval_raw:  # ablations: the same run without the average
+                record.update({f"{k}_raw": v for k, v in self.evaluate(self.G).items()})
+        if self.env.master:
+            self._log(record)
+            if epoch % self.args.snapshot_every == 0 or last:
+                self._snapshot(epoch)
+        if epoch % self.args.save_every == 0 or last:
+            self._save()
+        self.t0 = time.time()
+
+    def _log(self, record):
+        path = os.path.join(self.out, "metrics.jsonl")
+        lines = []
+        if os.path.isfile(path):  # a resumed run drops lines written after its checkpoint: each epoch once
+            with open(path) as f:
+                lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] < record["epoch"]]
+        atomic_write(path, lambda tmp: open(tmp, "w").writelines(lines + [json.dumps(record) + "\n"]))
+        eta = (time.time() - self.t0 + sum(self.secs[:-1])) / len(self.secs) * (self.args.epochs - record["epoch"])
+        fields = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in
+                          ("epoch", "step", "sec", "train_sec", "images", "peak_mem_mb", "peak_tensor_mb", "kid_std"))
+        print(f"epoch {record['epoch']}/{self.args.epochs} | step {record['step']} | {fields} | {record['sec']:.2f} s/epoch"
+              f" | eta {format_duration(eta)} | peak {record['peak_mem_mb']:.0f} MB", flush=True)
+        if "fid" in record:
+            try:
+                import report  # torch-free figures; only runs that evaluate need it
+                report.quality_figure({os.path.basename(os.path.abspath(self.out)): report.read_metrics(path)},
+                                      os.path.join(self.out, "quality.png"))
+            except Exception as e:  # a figure must never stop training
+                warnings.warn(f"quality.png not written: {e}")
+
+    def _snapshot(self, epoch):
+        with torch.no_grad():
+            was_training = self.sampler.training
+            images = self.sampler.eval()(self.z_fixed.to(self.env.device))
+            self.sampler.train(was_training and self.sampler is self.G)
+        folder = os.path.join(self.out, "snapshots")
+        save_grid(images, os.path.join(folder, f"epoch_{epoch:06d}.png"), nrow=len(images))
+        write_timeline(folder, os.path.join(self.out, "timeline.png"))
+
+    def _save(self, checkpoint_only=False):
+        ranks = [{"rng": rng_state(), "batches": self.batches.state_dict()}]
+        if self.env.world_size > 1:
+            gathered = [None] * self.env.world_size
+            dist.all_gather_object(gathered, ranks[0])
+            ranks = gathered
+        if not self.env.master:
+            return
+        ckpt = {"format": CHECKPOINT_FORMAT, "script": self.script, "args": vars(self.args), **self.done,
+                "ranks": ranks, "world_size": self.env.world_size, "memory": self.meter.report()}
+        for key, model in self.models.items():
+            ckpt[key] = {"config": dict(model.config), "state_dict": model.state_dict()}
+        if self.ema:
+            ckpt["G_ema"] = {"config": dict(self.G.config), "state_dict": self.ema.model.state_dict()}
+        for key, obj in list(self.optimizers.items()) + list(self.scalers.items()):
+            ckpt[key] = obj.state_dict()
+        atomic_write(os.path.join(self.out, "ckpt.pt"), lambda tmp: torch.save(ckpt, tmp))
+        if not checkpoint_only:
+            gen = arch.generator_file(self.G, self.ema.model if self.ema else None, epoch=self.done["epoch"], script=self.script)
+            atomic_write(os.path.join(self.out, "generator.pt"), lambda tmp: torch.save(gen, tmp))
+
+    def finish(self, step, extra=None):
+        """summary.json (speed and memory: the max over processes); returns it."""
+        report = self.meter.report()
+        sec = median(self.secs[1:] or self.secs)
+        if self.env.world_size > 1:
+            worst = torch.tensor([sec if self.secs else 0.0, report["peak_mem_mb"], report["peak_tensor_mb"]], device=self.env.device)
+            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+            sec, report["peak_mem_mb"], report["peak_tensor_mb"] = worst.tolist()
+        summary = {"script": self.script, "args": vars(self.args), "epochs": self.done["epoch"], "steps": step,
+                   "device": str(self.env.device), "world_size": self.env.world_size, "precision": self.env.precision,
+                   "global_batch": self.global_batch, "torch": torch.__version__,
+                   "sec_per_epoch": round(sec, 4) if self.secs else None, "train_sec": round(self.done["train_sec"], 2),
+                   "generator_mb": round(arch.param_bytes(self.G) / 2**20, 1), "ema": bool(self.ema), **report}
+        if not self.secs and self.resumed_memory:
+            summary.update(self.resumed_memory)  # nothing trained in this process: keep the run's figures
+        summary.update(extra or {})
+        if self.env.master:
+            path = os.path.join(self.out, "metrics.jsonl")
+            with open(path) as f:
+                records = [json.loads(ln) for ln in f if ln.strip()]
+            if records:
+                summary["final"] = {k: v for k, v in records[-1].items() if k not in ("epoch", "step")}
+            write_json(os.path.join(self.out, "summary.json"), summary)
+            print(f"done: {self.out}/summary.json, {self.out}/generator.pt, pictures in {self.out}/timeline.png", flush=True)
+        return summary
+
+
+class Evaluator:
+    """FID/KID of a fixed set of latents against cached real statistics (compute_fid.py, imported only here)."""
+
+    def __init__(self, args, nz, env):
+        import compute_fid
+        self.cf, self.device, self.batch = compute_fid, env.device, 50
+        self.ref = compute_fid.load_stats(args.eval_ref)
+        self.inception = compute_fid.load_inception(args.eval_weights, env.device)
+        self.z = torch.randn(args.eval_n, nz, 1, 1, generator=torch.Generator().manual_seed(2024))
+
+    @torch.no_grad()
+    def __call__(self, G):
+        was_training = G.training
+        G.eval()
+        images = torch.cat([to_uint8(G(z.to(self.device))).cpu() for z in self.z.split(self.batch)])
+        G.train(was_training)
+        scores = self.cf.score(self.cf.image_features(images, self.inception, self.batch, self.device), self.ref)
+        return {"fid": round(scores["fid"], 4), "kid": scores["kid_mean"], "kid_std": scores["kid_std"]}
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return float("nan") if n == 0 else (values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2]))
