@@ -1,23 +1,37 @@
-"""Training memory, speed and size of the three methods side by side (thesis Tables 3.1-3.3).
+"""Training memory of full training, transfer learning and distillation side by side (thesis Tables 3.1-3.3).
 
-Rows: full WGAN-GP training ("model 1" / "model 2 full"), transfer learning with the default freezing
-(G layer1-2, D layer1-4 frozen), and knowledge distillation (teacher frozen, GeneratorKD student, DC-GAN D),
-all at the same architecture and batch size, on random data in [-1, 1] (memory and speed do not depend on
-the pixels). Each method runs in a fresh subprocess so process-level figures do not leak between rows.
+Rows, each trained for --warmup + --iters iterations in a fresh subprocess (process figures do not leak between
+rows) on random data in [-1, 1] (memory does not depend on the pixels), thesis architecture by default:
+    full torch.Adam  full WGAN-GP training with torch.optim.Adam in fp32: the thesis' baseline
+    full             the same with harness.Adam, as train_wgan.py trains (betas (0, 0.9): no first moment kept)
+    transfer fp32    train_transfer.py's default freezing (G layer1-2; D all blocks but the last block and the
+                     output layer, -2), frozen weights kept in fp32
+    transfer bf16    the same, frozen weights stored in bf16 (train_transfer.py's default --frozen-dtype)
+    KD fp32          train_kd.py: frozen teacher, GeneratorKD student, DC-GAN discriminator, teacher in fp32
+    KD bf16          the same, teacher stored in bf16 (train_kd.py's default --teacher-dtype)
+The steps are the scripts' own (train_wgan.critic_step / generator_step, train_kd.discriminator_step /
+student_step, the teacher under inference_mode), autocast at --precision (the baseline always fp32), no EMA (the
+thesis had none; the scripts' --ema adds one generator copy).
 
-Memory, two measures (see common.MemoryMeter):
-  peak device  -- CUDA: torch.cuda.max_memory_allocated; CPU: the process' peak RSS above its RSS before
-                  the models were built (the interpreter and torch's libraries are left out).
-  peak tensors -- device-independent: parameters (frozen ones and the KD teacher included), gradients,
-                  optimizer state and the activations autograd saved, at their largest sum.
-Speed: median seconds per iteration over --iters timed iterations after --warmup. A WGAN-GP iteration is
---n-critic critic updates + 1 generator update; a KD iteration is 1 D + 1 student update. sec/epoch uses
-the thesis' epochs: 25 WGAN-GP iterations (200 critic / 25 generator updates at n_critic 8; ours 5), 100 KD.
+Memory (harness.MemoryMeter, over the first 3 iterations, the steady state included):
+    peak tensors  device-independent: parameters and buffers (frozen ones and the teacher included), gradients,
+                  optimizer state and the activations autograd saved, at their largest sum
+    peak device   CUDA: torch.cuda.max_memory_allocated; CPU: the peak RSS above the RSS before the models
+                  were built (interpreter and libraries left out, allocator slack in)
+    floor         parameters + gradients + optimizer state, in bytes: what any training of that model keeps
+                  however small its batch; the rest of the peak is activations
+Ratios: against the thesis' baseline (full torch.Adam, fp32) and against full training at the same settings
+(harness.Adam, --precision). Targets: transfer <= 0.30x and KD <= 0.40x of full fp32 training; a missed
+target prints its floor. s/iter: median of the --iters timed iterations (a WGAN-GP iteration is --n-critic
+critic + 1 generator update, a KD iteration 1 D + 1 student update).
 
-Examples:
-    python bench_memory.py                                  # thesis architecture, 128x128, batch 8, CPU
-    python bench_memory.py --batch-size 64 --device cuda    # on a GPU
-    python bench_memory.py --img-size 64 --width 0.25 --iters 5 --markdown   # quick
+Activation checkpointing is left out: the generator's BatchNorm would update its running statistics again
+when a block is recomputed, and the critic's blocks sit inside the gradient penalty's double backward; and
+no training script offers it, so a figure here would describe no configuration anyone can run.
+
+    python bench_memory.py --threads 1 --markdown            # thesis architecture, 128x128, batch 8, CPU
+    python bench_memory.py --device cuda --markdown          # on a GPU
+    python bench_memory.py --img-size 32 --width 0.125 --iters 1 --markdown   # a few seconds
 """
 import argparse
 import json
@@ -29,139 +43,209 @@ import time
 import torch
 
 import arch
-import common
+import harness
 import train_kd
 import train_wgan
 
-METHODS = ("full", "transfer", "kd")
+ROWS = ("full-torch-adam", "full", "transfer-fp32", "transfer-bf16", "kd-fp32", "kd-bf16")
+LABELS = {"full-torch-adam": "full torch.Adam (thesis baseline)", "full": "full (harness.Adam)",
+          "transfer-fp32": "transfer, frozen fp32", "transfer-bf16": "transfer, frozen bf16",
+          "kd-fp32": "KD, teacher fp32", "kd-bf16": "KD, teacher bf16"}
+TARGETS = {"transfer": 0.30, "kd": 0.40}
+THESIS_VS_FULL = {"full": 1.0, "transfer": 1.45 / 4.03, "kd": 1.89 / 4.03}  # Table 3.3, GB
+NZ = 100
 
 
 def rss_bytes():
     with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+        return next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:")), 0)
+
+
+def tensor_bytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def worker(args):
-    """Train one method for warmup + iters iterations; print one JSON line with its figures."""
-    device = common.get_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Train one row's method; print one JSON line with its figures."""
+    device = harness.get_device(args.device)
+    method = args.row.split("-")[0]
+    precision = "fp32" if args.row == "full-torch-adam" else args.precision
+    env = harness.Env(device, precision=precision)
     torch.manual_seed(0)
     base_rss = rss_bytes() if device.type == "cpu" else 0
-    B, nz = args.batch_size, 100
-    kw = dict(img_size=args.img_size, width=args.width)
-    if args.method in ("full", "transfer"):
-        G, D = arch.Generator(nz=nz, **kw).to(device), arch.Discriminator(**kw).to(device)
-        if args.method == "transfer":
+    B, kw = args.batch_size, dict(img_size=args.img_size, width=args.width)
+    if method in ("full", "transfer"):
+        G, D = arch.Generator(nz=NZ, **kw).to(device), arch.Discriminator(**kw).to(device)
+        if method == "transfer":
             arch.freeze_layers(G, 2)
-            arch.freeze_layers(D, 4)
-        models = [G, D]
-        betas, lr = (0.0, 0.9), 1e-4
+            arch.freeze_layers(D, -2)
+            if args.row.endswith("bf16"):
+                arch.store_frozen(G)
+                arch.store_frozen(D)
+        models, lr, betas = [G, D], 1e-4, (0.0, 0.9)
     else:
-        teacher = arch.Generator(nz=nz, **kw).to(device).eval().requires_grad_(False)
-        G, D = arch.GeneratorKD(nz=nz, **kw).to(device), arch.DCGANDiscriminator(**kw).to(device)
-        models = [G, D, teacher]
-        betas, lr = (0.0, 0.999), 5e-4
-    opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=lr, betas=betas)
-    opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=lr, betas=betas)
-    meter = common.MemoryMeter(device, models, [opt_g, opt_d])
-    for opt in (opt_g, opt_d):
-        opt.register_step_pre_hook(lambda *a: meter.sample())
-        opt.register_step_post_hook(lambda *a: meter.sample())
+        teacher = arch.Generator(nz=NZ, **kw).to(device).eval().requires_grad_(False)
+        if args.row.endswith("bf16"):
+            arch.store_frozen(teacher, blocks=len(teacher.layers()))
+        G, D = arch.GeneratorKD(nz=NZ, **kw).to(device), arch.DCGANDiscriminator(**kw).to(device)
+        models, lr, betas = [G, D, teacher], 5e-4, (0.0, 0.999)
+    adam = torch.optim.Adam if args.row == "full-torch-adam" else harness.Adam
+    opt_g, opt_d = adam(harness.trainable(G), lr=lr, betas=betas), adam(harness.trainable(D), lr=lr, betas=betas)
+    scaler_g, scaler_d = env.scaler(), env.scaler()
+    meter = harness.MemoryMeter(device, models, [opt_g, opt_d])
+    step_args = argparse.Namespace(nz=NZ, lambda_gp=10.0, batch_size=B)
     real = torch.rand(B, 3, args.img_size, args.img_size, device=device) * 2 - 1
+    same = lambda x: x  # noqa: E731 (no DiffAugment)
+    G.train()
+    D.train()
 
     def iteration():
-        if args.method == "kd":
-            z = torch.randn(B, nz, 1, 1, device=device)
-            with torch.inference_mode():
-                target = teacher(z)
+        if method == "kd":  # train_kd.main's loop body
+            z = torch.randn(B, NZ, 1, 1, device=device)
+            with torch.inference_mode(), env.autocast():
+                target = teacher(z).float()
             target = target.clone()
-            fake = G(z)
-            train_kd.discriminator_step(D, opt_d, real, fake)
-            train_kd.student_step(D, opt_g, fake, target, 0.05)
-        else:
+            with env.autocast():
+                fake = G(z).float()
+            train_kd.discriminator_step(D, opt_d, scaler_d, real, fake, env)
+            train_kd.student_step(G, D, opt_g, scaler_g, fake, target, 0.05, env)
+        else:  # train_wgan.train's
             for _ in range(args.n_critic):
-                train_wgan.critic_step(G, D, opt_d, real, nz, 10.0)
-            train_wgan.generator_step(G, D, opt_g, B, nz, device)
+                train_wgan.critic_step(G, D, opt_d, scaler_d, real, step_args, env, same)
+            train_wgan.generator_step(G, D, opt_g, scaler_g, step_args, env, same)
 
     times = []
     meter.start()
-    with meter.hooks():
-        for i in range(args.warmup + args.iters):
-            t0 = time.perf_counter()
+    for i in range(args.warmup + args.iters):
+        t0 = time.perf_counter()
+        with meter.hooks():
             iteration()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+        print(f"[{args.row}] iteration {i + 1}: {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
     report = meter.report()
-    device_peak = meter.device_peak_bytes() - base_rss
-    gen = G
+    trainable = [p for m in (G, D) for p in harness.trainable(m)]
+    state = [v for o in (opt_g, opt_d) for s in o.state.values() for v in s.values()
+             if isinstance(v, torch.Tensor) and v.numel() > 1]
+    floor = {"params": sum(arch.param_bytes(m) for m in models), "grads": tensor_bytes(trainable),
+             "optimizer": tensor_bytes(state)}
     print(json.dumps({
-        "method": args.method, "batch_size": B, "img_size": args.img_size, "width": args.width,
-        "device": str(device), "peak_device_mb": round(device_peak / 2**20, 1),
+        "row": args.row, "method": method, "precision": precision, "optimizer": adam.__module__ + "." + adam.__name__,
+        "batch_size": B, "img_size": args.img_size, "width": args.width, "device": str(device),
+        "peak_device_mb": round((meter.device_peak_bytes() - base_rss) / 2**20, 1),
         "peak_device_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "peak_rss_above_start",
         "peak_tensor_mb": report["peak_tensor_mb"], "peak_tensor_parts_mb": report["peak_tensor_parts_mb"],
-        "sec_per_iter": round(common.median(times), 4), "sec_per_epoch": round(common.median(times) * (100 if args.method == "kd" else 25), 2),
+        "floor_mb": round(sum(floor.values()) / 2**20, 1), "floor_parts_mb": {k: round(v / 2**20, 1) for k, v in floor.items()},
+        "sec_per_iter": round(harness.median(times), 4),
         "params_total": sum(arch.count_params(m) for m in models),
         "params_trainable": sum(arch.count_params(m, trainable_only=True) for m in (G, D)),
-        "generator_params": arch.count_params(gen), "generator_mb": common.model_file_mb(gen),
+        "generator_params": arch.count_params(G), "generator_mb": round(arch.param_bytes(G) / 2**20, 1),
     }), flush=True)
 
 
-LABELS = {"full": "full training (model 1 / model 2 full)", "transfer": "transfer (G 2 + D 4 frozen)",
-          "kd": "knowledge distillation (alpha 0.05)"}
-THESIS_GB = {"full": 4.03, "transfer": 1.45, "kd": 1.89}
-
-
-def markdown(rows):
-    full = {r["method"]: r for r in rows}.get("full")
-    out = ["| method | peak device MB | peak tensors MB | vs full (tensors) | vs full (device) | thesis vs full | "
-           "s/iter | s/epoch | params total / trainable | generator file MB |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+def add_ratios(rows):
+    """Each row against the thesis' baseline (full torch.Adam fp32) and against full training at its settings."""
+    by = {r["row"]: r for r in rows}
+    base, full = by.get("full-torch-adam"), by.get("full")
     for r in rows:
-        ratio_t = r["peak_tensor_mb"] / full["peak_tensor_mb"] if full else float("nan")
-        ratio_d = r["peak_device_mb"] / full["peak_device_mb"] if full else float("nan")
-        out.append(f"| {LABELS[r['method']]} | {r['peak_device_mb']:.0f} | {r['peak_tensor_mb']:.0f} | {ratio_t:.2f}x | "
-                   f"{ratio_d:.2f}x | {THESIS_GB[r['method']] / THESIS_GB['full']:.2f}x | {r['sec_per_iter']:.2f} | "
-                   f"{r['sec_per_epoch']:.1f} | {r['params_total'] / 1e6:.2f}M / {r['params_trainable'] / 1e6:.2f}M | "
-                   f"{r['generator_mb']:.1f} |")
-    return "\n".join(out)
+        for key, ref in (("vs_baseline", base), ("vs_full", full)):
+            for what in ("tensor", "device"):
+                r[f"{what}_{key}"] = r[f"peak_{what}_mb"] / ref[f"peak_{what}_mb"] if ref else None
+            r[f"floor_{key}"] = r["floor_mb"] / ref["peak_tensor_mb"] if ref else None
+        target = TARGETS.get(r["method"])
+        r["target"] = target
+        r["target_met"] = None if target is None or base is None else r["tensor_vs_baseline"] <= target
+    return rows
 
 
-def main():
-    p = common.ArgumentParser(prog="bench_memory.py", description=__doc__)
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--img-size", type=common.image_size, default=128)
-    p.add_argument("--width", type=common.positive_float, default=1.0)
-    p.add_argument("--batch-size", type=common.positive_int, default=8)
-    p.add_argument("--n-critic", type=common.positive_int, default=5)
-    p.add_argument("--iters", type=common.positive_int, default=3, help="timed iterations per method (default: %(default)s)")
-    p.add_argument("--warmup", type=common.nonneg_int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=common.positive_int, default=None)
+def table(rows, markdown):
+    head = ["method", "precision", "peak tensors MB", "vs baseline", "vs full (same settings)", "target",
+            "thesis vs full", "floor MB", "floor vs baseline", "peak device MB", "device vs baseline", "s/iter",
+            "params total / trainable", "generator MB"]
+
+    def ratio(x):
+        return "-" if x is None else f"{x:.2f}x"
+
+    def mb(x):
+        return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+    body = [[LABELS[r["row"]], r["precision"], mb(r["peak_tensor_mb"]), ratio(r["tensor_vs_baseline"]),
+             ratio(r["tensor_vs_full"]),
+             "-" if r["target"] is None else f"<= {r['target']:.2f}x {'met' if r['target_met'] else 'MISSED'}",
+             f"{THESIS_VS_FULL[r['method']]:.2f}x", mb(r["floor_mb"]), ratio(r["floor_vs_baseline"]),
+             mb(r["peak_device_mb"]), ratio(r["device_vs_baseline"]), f"{r['sec_per_iter']:.3g}",
+             f"{r['params_total'] / 1e6:.2f}M / {r['params_trainable'] / 1e6:.2f}M", f"{r['generator_mb']:.1f}"]
+            for r in rows]
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in [head] + body)
+
+
+def missed_targets(rows):
+    """One line per missed target: the arithmetic floor of that row and how close the peak came to it."""
+    lines = []
+    for r in rows:
+        if r["target_met"] is False:
+            parts = ", ".join(f"{k} {v:,.1f}" for k, v in r["floor_parts_mb"].items())
+            lines.append(f"{LABELS[r['row']]}: {r['tensor_vs_baseline']:.2f}x of the baseline, target "
+                         f"<= {r['target']:.2f}x MISSED; floor (params + grads + optimizer state: {parts} MB) = "
+                         f"{r['floor_mb']:,.1f} MB = {r['floor_vs_baseline']:.2f}x; the other "
+                         f"{r['peak_tensor_mb'] - r['floor_mb']:,.1f} MB of the {r['peak_tensor_mb']:,.1f} MB peak are "
+                         f"activations (and the gradients of the step they overlap)")
+    return lines
+
+
+def build_parser():
+    p = harness.ArgumentParser(prog="bench_memory.py", description=__doc__)
+    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="which rows to run")
+    p.add_argument("--img-size", type=harness.image_size, default=128, help="image size (128: the thesis')")
+    p.add_argument("--width", type=harness.positive_float, default=1.0, help="channel-width multiplier; 1 = thesis architecture")
+    p.add_argument("--batch-size", type=harness.positive_int, default=8, help="images per step (the thesis' KD code: 8)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast of every row but the baseline (always fp32)")
+    p.add_argument("--n-critic", type=harness.positive_int, default=5, help="critic updates per WGAN-GP iteration")
+    p.add_argument("--iters", type=harness.positive_int, default=2, help="timed iterations per row (the meter watches the first 3 in all)")
+    p.add_argument("--warmup", type=harness.nonneg_int, default=1, help="untimed iterations first")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=harness.positive_int, default=None, help="torch CPU threads (None: torch's choice)")
     p.add_argument("--markdown", action="store_true", help="print a README-ready table")
-    p.add_argument("--json", default=None, help="write the rows to this file")
-    p.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # internal: run one method
-    args = p.parse_args()
-    if args.method:
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # internal: run one row
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.row:
         return worker(args)
-    common.get_device(args.device)  # fail early on a bad --device
+    args.device = str(harness.get_device(args.device))  # fail early on a bad --device
+    if args.warmup + args.iters < 2:
+        raise harness.UserError("--warmup + --iters must be at least 2: the steady state (optimizer state "
+                                "allocated) starts at the second iteration")
     rows = []
-    for method in args.methods:
-        print(f"[bench_memory] {method} ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--method", method] + sys.argv[1:]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+    for row in args.rows:
+        print(f"[bench_memory] {row} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--row", row, "--device", args.device]
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if res.returncode != 0:
-            raise common.UserError(f"{method} failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
+            raise harness.UserError(f"row {row} failed (exit status {res.returncode}; its error is above)")
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    add_ratios(rows)
     if args.json:
-        common.write_json(args.json, rows)
-    print(markdown(rows) if args.markdown else json.dumps(rows, indent=2))
+        harness.write_json(args.json, rows)
+    print(f"thesis architecture at {args.img_size}x{args.img_size}, width {args.width}, batch {args.batch_size}, "
+          f"{args.device}, autocast {args.precision} (baseline fp32); tensors: harness.MemoryMeter; device: "
+          f"{'max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS above start'}")
+    print(table(rows, args.markdown))
+    for line in missed_targets(rows):
+        print(line)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    harness.run_main(main)

@@ -46,6 +46,17 @@ flags (each also read from the environment variable STUDY_<NAME in brackets>, e.
                           script's 5; the thesis' epoch of 200 critic + 25 generator updates is 8)
   --snapshot-every K      fixed-vector snapshot interval [SNAPSHOT_EVERY] (epochs/20 per stage, at least 1)
   --save-every K          checkpoint interval in epochs [SAVE_EVERY] (1)
+  --lr LR                 Adam learning rate of the WGAN-GP stages, if set [LR] (train_wgan.py's own)
+  --diffaug POLICY        DiffAugment policy of every stage, if set [DIFFAUG] (the scripts' own)
+  --ema IMAGES            generator EMA half-life of every stage, if set; 0 = off [EMA] (the scripts' own)
+  --precision P           auto | fp32 | bf16 | fp16, if set [PRECISION] (the scripts' own: auto)
+  --eval-points N         FID/KID N times during each training stage (every epochs/N epochs) against data
+                          1/2's statistics: OUT/<stage>/quality.png and report/quality.png; KD only for
+                          alpha 0.05 (or the first alpha); 0 = off [EVAL_POINTS] (0)
+  --eval-n N              images per evaluation during training [EVAL_N] (= --n-samples); fewer is faster,
+                          but FID is biased by the count: compare curves only with curves
+  --preset thesis         [PRESET] the thesis' training settings: lr 1e-4 (KD 5e-4), no EMA, no DiffAugment,
+                          fp32, KD batch 8, n_critic 8 (its epochs of 200 critic + 25 generator updates)
   --alphas "A B ..."      KD alphas [ALPHAS] ("0.3 0.05 0.01 0.001")
   --n-samples N           images per model and per dataset for FID [N_SAMPLES] (500, as the thesis)
   --fid-dims D            Inception features: 2048 (standard), 768, 192, 64 [FID_DIMS] (2048)
@@ -88,7 +99,7 @@ while [[ $# -gt 0 ]]; do
         --demo) F[DEMO]=1; shift ;;
         --data1|--data2|--size|--width|--batch-size|--kd-batch-size|--epochs-teacher|--epochs-transfer|--epochs-kd|\
         --iters-per-epoch|--n-critic|--snapshot-every|--save-every|--alphas|--n-samples|--fid-dims|--kid-subsets|\
-        --kid-subset-size|--weights|--device|--threads|--out)
+        --kid-subset-size|--weights|--device|--threads|--out|--lr|--diffaug|--ema|--precision|--eval-points|--eval-n|--preset)
             [[ $# -ge 2 ]] || die "$1 needs a value (see --help)"
             key="${1#--}"; key="${key//-/_}"; key="${key^^}"
             F[$key]="$2"; shift 2 ;;
@@ -111,16 +122,16 @@ DEMO="${F[DEMO]:-${STUDY_DEMO:-0}}"
 #    name            default                  --demo default
 pick DATA1           demo:cats
 pick DATA2           demo:dogs
-pick SIZE            64
-pick WIDTH           0.25                     0.125
+pick SIZE            64                       32
+pick WIDTH           0.25
 pick BATCH_SIZE      32                       16
 pick KD_BATCH_SIZE   ""
-pick EPOCHS_TEACHER  40                       2
-pick EPOCHS_TRANSFER 10                       2
-pick EPOCHS_KD       10                       2
-pick ITERS_PER_EPOCH ""                       2
+pick EPOCHS_TEACHER  40                       12
+pick EPOCHS_TRANSFER 10                       16
+pick EPOCHS_KD       10                       4
+pick ITERS_PER_EPOCH ""
 pick N_CRITIC        ""
-pick SNAPSHOT_EVERY  ""                       1
+pick SNAPSHOT_EVERY  ""                       2
 pick SAVE_EVERY      1
 pick ALPHAS          "0.3 0.05 0.01 0.001"
 pick N_SAMPLES       500                      50
@@ -129,8 +140,22 @@ pick KID_SUBSETS     100                      10
 pick KID_SUBSET_SIZE ""
 pick WEIGHTS         ""
 pick DEVICE          auto
-pick THREADS         ""                       1
+pick THREADS         ""
 pick OUT             runs/study
+pick LR              ""
+pick DIFFAUG         ""
+pick EMA             ""
+pick PRECISION       ""
+pick EVAL_POINTS     0
+pick EVAL_N          ""
+[[ "$EVAL_POINTS" =~ ^[0-9]+$ ]] || die "EVAL_POINTS must be an integer >= 0, got '$EVAL_POINTS'"
+pick PRESET          ""
+case "$PRESET" in
+    "") ;;
+    thesis) LR="${LR:-1e-4}"; EMA="${EMA:-0}"; DIFFAUG="${DIFFAUG:-none}"; PRECISION="${PRECISION:-fp32}"
+            N_CRITIC="${N_CRITIC:-8}"; KD_BATCH_SIZE="${KD_BATCH_SIZE:-8}"; KD_LR=5e-4 ;;
+    *) die "--preset must be thesis, got '$PRESET'" ;;
+esac
 KD_BATCH_SIZE="${KD_BATCH_SIZE:-$BATCH_SIZE}"
 
 is_int() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
@@ -160,11 +185,19 @@ run() { printf '  $'; printf ' %q' "$@"; printf '\n'; "$@"; }
 
 common_train=(--img-size "$SIZE" --device "$DEVICE" --save-every "$SAVE_EVERY")
 [[ -n "$ITERS_PER_EPOCH" ]] && common_train+=(--iters-per-epoch "$ITERS_PER_EPOCH")
+[[ -n "$DIFFAUG" ]] && common_train+=(--diffaug "$DIFFAUG")
+[[ -n "$EMA" ]] && common_train+=(--ema "$EMA")
+[[ -n "$PRECISION" ]] && common_train+=(--precision "$PRECISION")
+eval_args() {  # eval_args N EPOCHS: periodic FID/KID against data N's statistics, if --eval-points
+    [[ "$EVAL_POINTS" == 0 ]] || echo --eval-every "$(( $2 / EVAL_POINTS > 1 ? $2 / EVAL_POINTS : 1 ))" \
+        --eval-ref "$OUT/fid/ref_data$1.npz" --eval-n "${EVAL_N:-$N_SAMPLES}" ${WEIGHTS:+--eval-weights "$WEIGHTS"}
+}
 if [[ -n "$THREADS" ]]; then
     common_train+=(--threads "$THREADS")
     export OMP_NUM_THREADS="$THREADS"  # createsamples.py and compute_fid.py have no --threads
 fi
-fid_args=(--device "$DEVICE" --dims "$FID_DIMS" --kid-subsets "$KID_SUBSETS" --kid-subset-size "$KID_SUBSET_SIZE")
+# --overwrite: a stale statistics or FID file is redone on purpose (see up_to_date); --quiet: no progress lines
+fid_args=(--device "$DEVICE" --dims "$FID_DIMS" --kid-subsets "$KID_SUBSETS" --kid-subset-size "$KID_SUBSET_SIZE" --overwrite --quiet)
 [[ -n "$WEIGHTS" ]] && fid_args+=(--weights "$WEIGHTS")
 
 snap_every() { echo "${SNAPSHOT_EVERY:-$(( $1 / 20 > 1 ? $1 / 20 : 1 ))}"; }
@@ -314,20 +347,6 @@ echo "study in $OUT: data1 $DATA1, data2 $DATA2, ${SIZE}x$SIZE, width $WIDTH, ba
      "epochs teacher $EPOCHS_TEACHER / transfer $EPOCHS_TRANSFER / KD $EPOCHS_KD, alphas $ALPHAS," \
      "${N_CRITIC:+n_critic $N_CRITIC, }$N_SAMPLES samples, FID dims $FID_DIMS, device $DEVICE$([[ $DEMO == 1 ]] && echo ', demo')"
 
-wgan=(--width "$WIDTH" --batch-size "$BATCH_SIZE")
-[[ -n "$N_CRITIC" ]] && wgan+=(--n-critic "$N_CRITIC")
-train teacher "$EPOCHS_TEACHER" train_wgan.py --data "$DATA1" "${wgan[@]}"
-train full "$EPOCHS_TRANSFER" train_transfer.py --freeze-g 0 --freeze-d 0 --data "$DATA2" "${wgan[@]}"
-train transfer "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}"
-KD_STAGES=()
-for a in "${ALPHA_LIST[@]}"; do
-    KD_STAGES+=("kd_a$a")
-    # img size and nz come from the teacher (train_kd.py refuses a mismatch, so --img-size is passed as a check)
-    train "kd_a$a" "$EPOCHS_KD" train_kd.py --teacher "$OUT/teacher/generator.pt" --data "$DATA1" \
-        --width "$WIDTH" --batch-size "$KD_BATCH_SIZE" --alpha "$a"
-done
-
-for stage in teacher full transfer "${KD_STAGES[@]}"; do samples "$stage"; done
 # FID files made with other settings are stale whatever their dates: drop them
 fid_settings="n_samples=$N_SAMPLES dims=$FID_DIMS kid=$KID_SUBSETS/$KID_SUBSET_SIZE weights=${WEIGHTS:-default}"
 stamp="$OUT/fid/settings.txt"
@@ -336,8 +355,34 @@ if [[ -f "$stamp" && "$(cat "$stamp")" != "$fid_settings" ]]; then
     rm -f -- "$OUT"/fid/*.npz "$OUT"/fid/*.json
 fi
 [[ -f "$stamp" && "$(cat "$stamp")" == "$fid_settings" ]] || echo "$fid_settings" > "$stamp"
+# the real images' statistics first: training's --eval-every compares against them
 real_ref 1 "$DATA1"
 real_ref 2 "$DATA2"
+flush
+
+wgan=(--width "$WIDTH" --batch-size "$BATCH_SIZE")
+[[ -n "$N_CRITIC" ]] && wgan+=(--n-critic "$N_CRITIC")
+[[ -n "$LR" ]] && wgan+=(--lr "$LR")
+# shellcheck disable=SC2046  # eval_args prints words on purpose
+train teacher "$EPOCHS_TEACHER" train_wgan.py --data "$DATA1" "${wgan[@]}" $(eval_args 1 "$EPOCHS_TEACHER")
+train full "$EPOCHS_TRANSFER" train_transfer.py --freeze-g 0 --freeze-d 0 --data "$DATA2" "${wgan[@]}" \
+    $(eval_args 2 "$EPOCHS_TRANSFER")
+train transfer "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}" \
+    $(eval_args 2 "$EPOCHS_TRANSFER")
+KD_STAGES=()
+kd_alpha=0.05
+[[ " ${ALPHA_LIST[*]} " == *" 0.05 "* ]] || kd_alpha="${ALPHA_LIST[0]}"
+kd_lr=()
+[[ -n "${KD_LR:-}" ]] && kd_lr=(--lr "$KD_LR")
+for a in "${ALPHA_LIST[@]}"; do
+    KD_STAGES+=("kd_a$a")
+    # img size and nz come from the teacher (train_kd.py refuses a mismatch, so --img-size is passed as a check)
+    train "kd_a$a" "$EPOCHS_KD" train_kd.py --teacher "$OUT/teacher/generator.pt" --data "$DATA1" \
+        --width "$WIDTH" --batch-size "$KD_BATCH_SIZE" --alpha "$a" "${kd_lr[@]}" \
+        $([[ "$a" == "$kd_alpha" ]] && eval_args 1 "$EPOCHS_KD")
+done
+
+for stage in teacher full transfer "${KD_STAGES[@]}"; do samples "$stage"; done
 ref_samples teacher
 fid teacher "$OUT/samples/teacher" "$OUT/fid/ref_data1.npz"
 fid full "$OUT/samples/full" "$OUT/fid/ref_data2.npz"
@@ -349,8 +394,6 @@ done
 flush
 
 # the report is always rewritten (a second or two): it reads everything above
-kd_alpha=0.05
-[[ " ${ALPHA_LIST[*]} " == *" 0.05 "* ]] || kd_alpha="${ALPHA_LIST[0]}"
 say "report: running"
 run "$PY" "$HERE/report.py" "$OUT" --alphas "$ALPHAS" --kd-alpha "$kd_alpha"
 echo "study done in $(( SECONDS - T_START )) s: $OUT/report/report.md"

@@ -96,9 +96,10 @@ def add_run_args(p, data_default="demo:cats", out_default="runs/wgan"):
                    help="continue a run: from CKPT, or (flag alone) from <out>/ckpt.pt if it exists, else start fresh")
     p.add_argument("--ema", type=nonneg_float, default=10000, metavar="IMAGES",
                    help="half-life, in real images shown, of the exponential moving average of the generator's weights "
-                        "(saved in generator.pt, used for samples); 0 = off")
-    p.add_argument("--diffaug", default="none", metavar="POLICY",
-                   help="DiffAugment policy for every critic/discriminator input, e.g. color,translation,cutout; none = off")
+                        "(saved in generator.pt, used for samples); 0 = off (the thesis)")
+    p.add_argument("--diffaug", default="color,translation,cutout", metavar="POLICY",
+                   help="DiffAugment (Zhao et al. 2020) of every image the critic/discriminator sees, real and generated: "
+                        "a comma-separated list of color, translation, cutout; none = off (the thesis)")
     p.add_argument("--eval-every", type=nonneg_int, default=0, metavar="K",
                    help="every K epochs: FID/KID of --eval-n fixed latents against --eval-ref (needs pytorch-fid); 0 = off")
     p.add_argument("--eval-ref", default=None, metavar="STATS.npz", help="reference statistics (compute_fid.py --save-stats)")
@@ -241,13 +242,28 @@ def trainable(model):
 
 
 def optimize(loss, model, opt, scaler, env):
-    """backward, gradients averaged over processes, one optimizer step (loss-scaled under fp16), gradients freed."""
+    """backward, gradients averaged over processes, one optimizer step (loss-scaled under fp16), gradients freed.
+
+    Returns False when fp16 loss scaling skipped the step (the scaled gradients overflowed: by design while the
+    scale settles, then the scale halves); a scale that keeps collapsing is a divergence and stops the run."""
     scaler.scale(loss).backward()
     if env.world_size > 1:
         average_gradients(model, env.world_size)
+    scale = scaler.get_scale() if scaler.is_enabled() else None  # fp16 only: reading it waits for the GPU
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)  # free the gradients now, not during the other network's steps
+    if scale is None:
+        return True
+    if scaler.get_scale() < 2.0 ** -16:
+        raise UserError(f"fp16 loss scale collapsed to {scaler.get_scale():.2g}: the gradients overflow at every "
+                        f"step (diverged); use --precision bf16 or fp32, or a lower --lr")
+    return scaler.get_scale() >= scale
+
+
+def logged(stats, stepped):
+    """Losses to log: a step that fp16 loss scaling skipped (overflow) logs 0 where its values are not finite."""
+    return stats if stepped else torch.nan_to_num(stats, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def average_gradients(model, world_size):
@@ -436,7 +452,7 @@ class MemoryMeter:
 
     def __init__(self, device, models, optimizers, watch_iterations=3):
         self.device, self.models, self.optimizers = torch.device(device), list(models), list(optimizers)
-        self.watch_iterations, self.live, self.live_bytes = watch_iterations, {}, 0
+        self.watch_iterations, self.left, self.live, self.live_bytes = watch_iterations, 0, {}, 0
         self.peak_bytes, self.peak_parts, self.static, self._param_keys = 0, {}, {}, set()
         for opt in self.optimizers:  # gradients and optimizer state both exist just before and after a step
             opt.register_step_pre_hook(lambda *a: self.sample())
@@ -495,12 +511,15 @@ class MemoryMeter:
                 del self.live[key]
                 self.live_bytes -= entry[1]
 
+    @contextlib.contextmanager
     def hooks(self):
         """Context around one training iteration: counts saved activations while still watching."""
         if self.left <= 0:
-            return contextlib.nullcontext()
-        self.left -= 1
-        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda s: s.tensor if isinstance(s, _Saved) else s)
+            yield
+            return
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda s: s.tensor if isinstance(s, _Saved) else s):
+            yield
+        self.left -= 1  # after the iteration: its optimizer steps were sampled too
 
     def device_peak_bytes(self):
         if self.device.type == "cuda":

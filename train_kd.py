@@ -48,8 +48,7 @@ def discriminator_step(D, opt_d, scaler, real, fake, env, augment=lambda x: x):
         d_real, d_fake = D(torch.cat([augment(real), augment(fake.detach())])).float().chunk(2)
     loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
             + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-    harness.optimize(loss, D, opt_d, scaler, env)
-    return loss.detach()
+    return harness.logged(loss.detach(), harness.optimize(loss, D, opt_d, scaler, env))
 
 
 def student_step(G, D, opt_g, scaler, fake, target, alpha, env, augment=lambda x: x):
@@ -58,9 +57,9 @@ def student_step(G, D, opt_g, scaler, fake, target, alpha, env, augment=lambda x
     with env.autocast():
         logits = D(augment(fake))
     loss, adversarial, imitation = kd_loss(logits, fake, target, alpha)
-    harness.optimize(loss, G, opt_g, scaler, env)
+    stepped = harness.optimize(loss, G, opt_g, scaler, env)
     D.requires_grad_(True)
-    return torch.stack([loss.detach(), adversarial, imitation])
+    return harness.logged(torch.stack([loss.detach(), adversarial, imitation]), stepped)
 
 
 def alpha_value(text):

@@ -1,0 +1,103 @@
+"""What each user script drags with it: the project files it imports, transitively, and their lines (wc -l).
+
+`python tests/test_footprint.py` prints the README's "What each script needs" table. Imports at a module's top
+level are always needed; imports inside a function (e.g. compute_fid.py for train_*.py --eval-every, demo.py for
+demo: data) only when that feature is used, and are listed apart.
+"""
+import ast
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}
+USER_SCRIPTS = ["train_wgan", "train_transfer", "train_kd", "createsamples", "compute_fid", "report", "data"]
+
+
+def lines(module):
+    with open(os.path.join(ROOT, module + ".py"), encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def imports(module):
+    """(top-level project imports, project imports inside functions) of one module."""
+    with open(os.path.join(ROOT, module + ".py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    top, lazy = set(), set()
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            names = []
+            if isinstance(child, ast.Import):
+                names = [a.name.split(".")[0] for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+                names = [child.module.split(".")[0]]
+            (lazy if in_function else top).update(n for n in names if n in PROJECT and n != module)
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+    visit(tree, False)
+    return top, lazy
+
+
+def closure(module):
+    """(modules always needed, including itself; modules needed only by some features)."""
+    always, todo = {module}, [module]
+    while todo:
+        top, _ = imports(todo.pop())
+        for m in top - always:
+            always.add(m)
+            todo.append(m)
+    optional = set()
+    for m in always:
+        optional |= imports(m)[1]
+    todo = list(optional - always)
+    while todo:
+        m = todo.pop()
+        for n in set().union(*imports(m)) - always - optional:
+            optional.add(n)
+            todo.append(n)
+    return always, optional - always
+
+
+def table():
+    rows = ["| script | needs (always) | lines | only for some features |", "|---|---|---|---|"]
+    for s in USER_SCRIPTS:
+        always, optional = closure(s)
+        names = " + ".join(f"{m}.py" for m in [s] + sorted(always - {s}))
+        extra = ", ".join(f"{m}.py ({lines(m):,})" for m in sorted(optional)) or "-"
+        rows.append(f"| {s}.py | {names} | {sum(map(lines, always)):,} | {extra} |")
+    return "\n".join(rows)
+
+
+def test_compute_fid_needs_nothing_of_ours():
+    assert closure("compute_fid") == ({"compute_fid"}, set())
+
+
+def test_createsamples_needs_only_arch():
+    assert closure("createsamples")[0] == {"createsamples", "arch"}
+
+
+def test_report_needs_nothing_of_ours_and_no_torch():
+    assert closure("report")[0] == {"report"}
+    with open(os.path.join(ROOT, "report.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"torch", "torchvision", "numpy", "scipy"}
+
+
+@pytest.mark.parametrize("script", ["train_wgan", "train_kd", "train_transfer"])
+def test_training_scripts_need_arch_data_and_the_harness_at_most(script):
+    always, optional = closure(script)
+    allowed = {script, "arch", "data", "harness"} | ({"train_wgan"} if script == "train_transfer" else set())
+    assert always <= allowed, always - allowed
+    assert optional <= {"compute_fid", "report", "demo"}, optional  # --eval-every, quality.png, demo: data
+
+
+def test_the_table_lists_every_user_script():
+    text = table()
+    assert all(f"| {s}.py |" in text for s in USER_SCRIPTS)
+
+
+if __name__ == "__main__":
+    sys.exit(print(table()))
