@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-import harness as common  # its flags, median and one-line errors
+import harness
 from harness import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -63,15 +63,15 @@ def timed(cmd):
 
 
 def main():
-    p = common.ArgumentParser(prog="bench_fid.py", description=__doc__.split("\n\n")[0],
+    p = harness.ArgumentParser(prog="bench_fid.py", description=__doc__.split("\n\n")[0],
                               epilog=__doc__[__doc__.index("Examples:"):], formatter_class=HelpFormatter)
     p.add_argument("--a", help="folder A, used as is (None: --n random images of --src-a)")
     p.add_argument("--b", help="folder B, used as is (None: --n random images of --src-b)")
     p.add_argument("--src-a", default=f"{SHARED}/cat-faces-64", help="where A is sampled from")
     p.add_argument("--src-b", default=f"{SHARED}/dog-faces-224", help="where B is sampled from")
-    p.add_argument("--n", type=common.positive_int, default=500, help="images sampled per side")
+    p.add_argument("--n", type=harness.positive_int, default=500, help="images sampled per side")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
-    p.add_argument("--repeats", type=common.positive_int, default=3, help="rounds; medians are shown")
+    p.add_argument("--repeats", type=harness.positive_int, default=3, help="rounds; medians are shown")
     p.add_argument("--device", default="cpu", help="passed to both tools")
     p.add_argument("--workdir", help="keep the copies and outputs here (None: a temp folder, removed)")
     args = p.parse_args()
@@ -115,10 +115,10 @@ def main():
                             json.load(f)["fid"]
         print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
 
-        base = common.median(times[0])
+        base = harness.median(times[0])
         print("| command | median s | vs pytorch_fid | runs (s) |\n|---|---|---|---|")
         for (name, _), ts in zip(commands, times):
-            med = common.median(ts)
+            med = harness.median(ts)
             print(f"| {name} | {med:.1f} | {med / base:.2f}x | {', '.join(f'{t:.1f}' for t in ts)} |")
         print()
         ref = fids["pytorch_fid A B"]
@@ -136,4 +136,4 @@ def main():
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    harness.run_main(main)

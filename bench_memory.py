@@ -92,7 +92,8 @@ def worker(args):
     adam = torch.optim.Adam if args.row == "full-torch-adam" else harness.Adam
     opt_g, opt_d = adam(harness.trainable(G), lr=lr, betas=betas), adam(harness.trainable(D), lr=lr, betas=betas)
     scaler_g, scaler_d = env.scaler(), env.scaler()
-    meter = harness.MemoryMeter(device, models, [opt_g, opt_d])
+    ema = harness.EMA(G, args.ema) if args.ema and args.row != "full-torch-adam" else None  # as the scripts keep it
+    meter = harness.MemoryMeter(device, models + ([ema.model] if ema else []), [opt_g, opt_d])
     step_args = argparse.Namespace(nz=NZ, lambda_gp=10.0, batch_size=B)
     real = torch.rand(B, 3, args.img_size, args.img_size, device=device) * 2 - 1
     same = lambda x: x  # noqa: E731 (no DiffAugment)
@@ -120,6 +121,8 @@ def worker(args):
         t0 = time.perf_counter()
         with meter.hooks():
             iteration()
+        if ema:
+            ema.update(G, (i + 1) * B, B)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= args.warmup:
@@ -200,6 +203,8 @@ def missed_targets(rows):
 
 def build_parser():
     p = harness.ArgumentParser(prog="bench_memory.py", description=__doc__)
+    p.add_argument("--ema", type=float, default=0, metavar="IMAGES",
+                   help="keep the scripts' EMA of the generator (its half-life) in every row but the baseline; 0 = none")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="which rows to run")
     p.add_argument("--img-size", type=harness.image_size, default=128, help="image size (128: the thesis')")
     p.add_argument("--width", type=harness.positive_float, default=1.0, help="channel-width multiplier; 1 = thesis architecture")

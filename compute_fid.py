@@ -69,7 +69,7 @@ MODES_16BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit greyscale as PI
 class UserError(Exception):
     """A problem the user can fix (path, flag, file): `main` prints it as one line `error: ...` and exits 2.
 
-    A copy of the project's common.UserError, so that this file imports nothing of the project.
+    A copy of the project's harness.UserError, so that this file imports nothing of the project.
     """
 
 
@@ -728,7 +728,8 @@ def run(args):
 
 def main(argv=None):
     """The command line. A UserError ends as one line `error: ...` on stderr and exit status 2, no traceback
-    (the project's common.run_main, repeated here so that this file stands alone)."""
+    (the project's harness.run_main, repeated here so that this file stands alone)."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, no source echo
     try:
         run(build_parser().parse_args(argv))
     except UserError as e:

@@ -44,6 +44,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 
 import torch
 
@@ -343,6 +344,7 @@ def main(argv=None):
 
 def cli(argv=None):
     """`main` for the command line: a user error or an unusable model file is one line and exit status 2."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, no source echo
     try:
         main(argv)
     except (UserError, arch.ModelFileError) as e:

@@ -95,7 +95,7 @@ def add_run_args(p, data_default="demo:cats", out_default="runs/wgan"):
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="continue a run: from CKPT, or (flag alone) from <out>/ckpt.pt if it exists, else start fresh")
     p.add_argument("--ema", type=nonneg_float, default=10000, metavar="IMAGES",
-                   help="half-life, in real images shown, of the exponential moving average of the generator's weights "
+                   help="half-life, in generated images (generator updates x global batch), of the moving average of the generator's weights "
                         "(saved in generator.pt, used for samples); 0 = off (the thesis)")
     p.add_argument("--diffaug", default="color,translation,cutout", metavar="POLICY",
                    help="DiffAugment (Zhao et al. 2020) of every image the critic/discriminator sees, real and generated: "
@@ -300,13 +300,17 @@ class EMA:
     def __init__(self, G, half_life_images, rampup=0.05):
         self.model = copy.deepcopy(G).eval().requires_grad_(False)
         self.half_life, self.rampup = half_life_images, rampup
+        for e, p in zip(self.model.parameters(), G.parameters()):
+            if not p.requires_grad:  # frozen (transfer learning): never changes, so the average shares it
+                e.data = p.data
 
     @torch.no_grad()
     def update(self, G, images_seen, batch_images):
         half_life = min(self.half_life, images_seen * self.rampup)
         beta = 0.5 ** (batch_images / max(half_life, 1e-8))
         for e, p in zip(self.model.parameters(), G.parameters()):
-            e.lerp_(p.to(e.dtype), 1 - beta)
+            if p.requires_grad:
+                e.lerp_(p, 1 - beta)
         for e, b in zip(self.model.buffers(), G.buffers()):
             e.copy_(b)
 

@@ -17,7 +17,7 @@ Definitions:
 - FID as compute_fid.py: pytorch-fid's Inception pool3 features (or --dims of experiments.sh), N vs N images.
 - sec/epoch: the median wall time of one epoch of that script (an epoch = --iters-per-epoch generator updates;
   the thesis: WGAN-GP 200 critic + 25 generator updates, KD 100 + 100).
-- memory, two ways (common.MemoryMeter): "device peak" = summary `peak_mem_mb` (CUDA allocator peak on a GPU,
+- memory, two ways (harness.MemoryMeter): "device peak" = summary `peak_mem_mb` (CUDA allocator peak on a GPU,
   what the thesis measured; the process' peak RSS on a CPU, which includes Python and torch themselves) and
   "tensors" = `peak_tensor_mb` (parameters + gradients + optimizer state + saved activations, device
   independent). GB here = MiB / 1024.
@@ -40,7 +40,7 @@ import re
 import sys
 
 # ----------------------------------------------------------------------------- errors and writes
-# Small copies of common.py's UserError / run_main / atomic_write: common imports torch, and this file must not.
+# Small copies of harness.py's UserError / run_main / atomic_write: harness imports torch, and this file must not.
 
 class UserError(Exception):
     """A mistake of the user's (bad path, unwritable folder): one line on stderr and exit status 2."""

@@ -101,7 +101,7 @@ def run_cli(*args, script=os.path.join(ROOT, "compute_fid.py")):
 @pytest.fixture(scope="module")
 def cli(folders, weights, tmp_path_factory):
     """One real CLI run: a vs b with --json and --save-stats of b, by a copy of the script alone in a folder
-    (standalone: nothing of the project, e.g. common.py, is importable from there)."""
+    (standalone: nothing of the project, e.g. harness.py, is importable from there)."""
     alone = tmp_path_factory.mktemp("alone")
     script = shutil.copy(os.path.join(ROOT, "compute_fid.py"), alone)
     out = folders["root"] / "out"
