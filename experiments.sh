@@ -68,9 +68,10 @@ flags (each also read from the environment variable STUDY_<NAME in brackets>, e.
   --threads N             torch CPU threads, only if set: --threads of the training scripts and
                           OMP_NUM_THREADS for createsamples.py and compute_fid.py [THREADS]
   --out DIR               [OUT] (runs/study)
-  --demo                  [STUDY_DEMO=1] the whole chain on the demo data in a few minutes on a 2-core CPU:
-                          64x64, width 0.125, batch 16, 2 epochs of 2 iterations per stage, 50 samples,
-                          64-dim FID features, 10 KID subsets of 25, 1 thread (each still overridable)
+  --demo                  [STUDY_DEMO=1] the whole chain on the demo data, minutes on a 2-core CPU: 32x32,
+                          width 0.25, batch 16, teacher 40 epochs, full/transfer 20, KD 4; 50 samples,
+                          64-dim FID features, 10 KID subsets of 25 (each still overridable); its timelines
+                          show the models learning, its FID numbers mean little
   -h, --help              this text
 The Python interpreter is $PYTHON, else the repository's .venv/bin/python, else python3.
 
@@ -126,8 +127,8 @@ pick SIZE            64                       32
 pick WIDTH           0.25
 pick BATCH_SIZE      32                       16
 pick KD_BATCH_SIZE   ""
-pick EPOCHS_TEACHER  40                       12
-pick EPOCHS_TRANSFER 10                       16
+pick EPOCHS_TEACHER  40
+pick EPOCHS_TRANSFER 10                       20
 pick EPOCHS_KD       10                       4
 pick ITERS_PER_EPOCH ""
 pick N_CRITIC        ""

@@ -794,7 +794,7 @@ class Evaluator:
         import compute_fid
         self.cf, self.device, self.batch = compute_fid, env.device, 50
         self.ref = compute_fid.load_stats(args.eval_ref)
-        self.inception = compute_fid.load_inception(args.eval_weights, env.device)
+        self.inception = compute_fid.load_inception(args.eval_weights, env.device, dims=len(self.ref["mu"]))
         self.z = torch.randn(args.eval_n, nz, 1, 1, generator=torch.Generator().manual_seed(2024))
 
     @torch.no_grad()

@@ -233,3 +233,67 @@ def test_existing_run_is_never_overwritten(tmp_path):
     res = run_cli(*TINY, "--epochs", "2", "--out", str(out), "--resume", str(tmp_path / "junk.pt"))
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert (out / "ckpt.pt").read_bytes() == before
+
+
+def test_the_penalty_interpolates_the_augmented_images_the_critic_sees(monkeypatch):
+    # DiffAugment with WGAN-GP: x_hat lies between T(x) and T'(G(z)), the images the critic is actually shown
+    G, D, opt_g, opt_d = tiny_models()
+    seen, penalised = [], []
+    forward = D.forward
+    monkeypatch.setattr(D, "forward", lambda x: seen.append(x.detach().clone()) or forward(x))
+    real_gp = train_wgan.gradient_penalty
+    monkeypatch.setattr(train_wgan, "gradient_penalty",
+                        lambda critic, r, f, *a: penalised.append((r.clone(), f.clone())) or real_gp(critic, r, f, *a))
+    marker = lambda x: x + 100.0  # noqa: E731 (an "augmentation" whose output is unmistakable)
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    train_wgan.critic_step(G, D, opt_d, ENV.scaler(), real, STEP_ARGS, ENV, marker)
+    (r, f), = penalised
+    torch.testing.assert_close(r, real + 100.0)
+    assert f.min() > 98  # G's output in [-1, 1], augmented
+    torch.testing.assert_close(seen[0], torch.cat([r, f]))  # the critic's loss saw exactly these
+
+
+def test_ema_update_arithmetic_buffers_and_frozen_layers():
+    torch.manual_seed(0)
+    G = arch.Generator(img_size=32, width=0.125)
+    arch.freeze_layers(G, 1)
+    ema = harness.EMA(G, half_life_images=1000)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for p in G.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+        G.layer2[1].running_mean.add_(3.0)
+    ema.update(G, images_seen=100_000, batch_images=100)  # ramp-up past: half-life 1000 images
+    beta = 0.5 ** (100 / 1000)
+    for (name, p), e in zip(G.named_parameters(), ema.model.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(e, beta * before[name] + (1 - beta) * p)
+        else:  # frozen: the same storage, not a copy
+            assert e.data_ptr() == p.data_ptr()
+    torch.testing.assert_close(ema.model.layer2[1].running_mean, G.layer2[1].running_mean)  # buffers copied
+    ema2 = harness.EMA(G, half_life_images=1000)  # early in a run the ramp-up makes it follow G closely
+    with torch.no_grad():
+        G.final[0].weight.add_(1.0)
+    ema2.update(G, images_seen=100, batch_images=100)  # half-life 0.05 * 100 = 5 images: beta ~ 1e-6
+    torch.testing.assert_close(ema2.model.final[0].weight, G.final[0].weight, atol=1e-5, rtol=0)
+
+
+def test_periodic_evaluation_writes_the_quality_curve(tmp_path):
+    import compute_fid as cf
+    torch.manual_seed(0)
+    net = cf.fid_inception_v3_arch()  # random weights: the numbers mean nothing, the plumbing is checked
+    weights = tmp_path / "random_inception.pth"
+    torch.save(net.state_dict(), weights)
+    model = cf.load_inception(str(weights), dims=64)
+    real = torch.from_numpy(data.load_dataset("demo:cats:64", 32, verbose=False).images[:40].copy())
+    feats = cf.image_features(real, model, batch_size=20)
+    mu, sigma = cf.statistics(feats)
+    cf.save_stats(str(tmp_path / "ref.npz"), {"mu": mu, "sigma": sigma, "features": feats, "n": len(feats)})
+    out = tmp_path / "run"
+    train_wgan.main(TINY + ["--epochs", "2", "--out", str(out), "--eval-every", "1", "--eval-ref", str(tmp_path / "ref.npz"),
+                            "--eval-n", "20", "--eval-weights", str(weights)])
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "fid" in r] == [1, 2]
+    assert all(np.isfinite(r["fid"]) and r["kid"] is not None for r in records)
+    assert (out / "quality.png").is_file() and json.loads((out / "summary.json").read_text())["final"]["fid"] >= 0
