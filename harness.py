@@ -97,9 +97,10 @@ def add_run_args(p, data_default="demo:cats", out_default="runs/wgan"):
     p.add_argument("--ema", type=nonneg_float, default=10000, metavar="IMAGES",
                    help="half-life, in generated images (generator updates x global batch), of the moving average of the generator's weights "
                         "(saved in generator.pt, used for samples); 0 = off (the thesis)")
-    p.add_argument("--diffaug", default="color,translation,cutout", metavar="POLICY",
+    p.add_argument("--diffaug", default="none", metavar="POLICY",
                    help="DiffAugment (Zhao et al. 2020) of every image the critic/discriminator sees, real and generated: "
-                        "a comma-separated list of color, translation, cutout; none = off (the thesis)")
+                        "a comma-separated list of color, translation, cutout (for small datasets; it slowed learning on "
+                        "9,303 cat faces, see README); none = off")
     p.add_argument("--eval-every", type=nonneg_int, default=0, metavar="K",
                    help="every K epochs: FID/KID of --eval-n fixed latents against --eval-ref (needs pytorch-fid); 0 = off")
     p.add_argument("--eval-ref", default=None, metavar="STATS.npz", help="reference statistics (compute_fid.py --save-stats)")
