@@ -678,9 +678,10 @@ class Run:
         if bad.any():
             it = int(bad.nonzero()[0])
             first_step = step - len(losses) + it + 1
+            ckpt = os.path.join(self.out, "ckpt.pt")
+            kept = f"the last good checkpoint {ckpt} is kept" if os.path.isfile(ckpt) else "no checkpoint was written yet"
             raise UserError(f"non-finite loss at epoch {epoch}, step {first_step} (losses {losses[it].tolist()}): "
-                            f"training stopped; " + (f"the last good checkpoint {self.out}/ckpt.pt is kept " if os.path.isfile(os.path.join(self.out, "ckpt.pt")) else "no checkpoint was written yet ") + 
-                            f"(lower --lr, or try --precision fp32)")
+                            f"training stopped; {kept} (lower --lr, or try --precision fp32)")
 
     def end_epoch(self, epoch, step, losses, names):
         """Log the epoch's mean losses; evaluate, render snapshots and checkpoint when due (the last epoch always)."""

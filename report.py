@@ -693,7 +693,7 @@ def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05):
     if any(has_evaluations(records) for records in series.values()):
         curves = quality_figure(series, os.path.join(out, "quality.png"), "FID and KID during training, all runs")
 
-    md = [f"# Optimization of GANs — reproduction of Tables 3.1-3.3", "",
+    md = ["# Optimization of GANs — reproduction of Tables 3.1-3.3", "",
           f"Study directory: `{os.path.abspath(runs_dir)}`. Ours beside the thesis' numbers (SPbU 2022, "
           "128x128, GTX 1660 Ti).", ""]
     md += _settings_lines(runs) + [""]

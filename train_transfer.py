@@ -22,8 +22,6 @@ Examples:
 """
 import os
 
-import torch
-
 import arch
 import harness
 import train_wgan

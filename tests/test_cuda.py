@@ -13,7 +13,6 @@ import torch
 
 import createsamples
 import data
-import harness
 import train_kd
 import train_transfer
 import train_wgan
