@@ -40,6 +40,8 @@ def run_main(main):
     warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {msg}", file=sys.stderr, flush=True)
     try:
         main()
+        if dist.is_initialized():
+            dist.barrier()  # every process done writing before any tears the group down (gloo aborts otherwise)
     except (UserError, data.DataError, arch.ModelFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
