@@ -164,6 +164,7 @@ def _worker(rank, port, out):
         model.used.grad = torch.tensor([2.0, 4.0, 6.0])
     harness.average_gradients(model, WORLD)
     result["averaged"] = (model.used.grad, model.frozen.grad)
+    dist.barrier()  # as harness.run_main does: gloo can abort a process whose peer tears down first
     dist.destroy_process_group()
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
 
