@@ -53,9 +53,9 @@ def _down_block(c_in, c_out):
 
 
 class _Sequence(nn.Module):
-    """A stack of named blocks run in order, the first `n_frozen` of which may be frozen (see `freeze_layers`)."""
+    """A stack of named blocks run in order, some of which may be frozen (see `freeze_layers`)."""
 
-    n_frozen = 0  # set by freeze_layers
+    frozen = frozenset()  # names of the frozen blocks, set by freeze_layers
     adapt_bn = False  # let BatchNorm running statistics of frozen blocks keep adapting
 
     def layers(self):
@@ -66,8 +66,8 @@ class _Sequence(nn.Module):
         return module(x)
 
     def forward(self, x):
-        for i, (name, module) in enumerate(self.named_children()):
-            if i < self.n_frozen and not x.requires_grad:
+        for name, module in self.named_children():
+            if name in self.frozen and not x.requires_grad:
                 # A frozen block whose input needs no gradient has nothing to send a gradient to, so none of
                 # its activations need keeping (no_grad states it; autograd would record nothing anyway).
                 # Frozen critic blocks fed an image that needs a gradient (the penalty, the generator step)
@@ -89,8 +89,9 @@ class _Sequence(nn.Module):
     def train(self, mode=True):
         super().train(mode)
         if not self.adapt_bn:  # frozen BatchNorm keeps the running statistics it was trained with
-            for _, module in self.layers()[: self.n_frozen]:
-                module.train(False)
+            for name, module in self.layers():
+                if name in self.frozen:
+                    module.train(False)
         return self
 
 
@@ -222,9 +223,9 @@ def frozen_count(model, n):
     return total + n if n < 0 else n
 
 
-def freeze_layers(model, n, adapt_bn=False):
-    """Freeze the first `n` parameter blocks of `model` (transfer learning; `n` < 0: see `frozen_count`);
-    returns their names.
+def freeze_layers(model, n, adapt_bn=False, from_output=False):
+    """Freeze the first `n` parameter blocks of `model` (transfer learning; `n` < 0: see `frozen_count`), or with
+    `from_output` the last `n` (the image side of a generator); returns their names.
 
     Frozen means: `requires_grad=False` (build the optimizer afterwards from the parameters that still need
     a gradient, so frozen ones get no Adam state), run without an autograd graph when their input needs no
@@ -234,12 +235,13 @@ def freeze_layers(model, n, adapt_bn=False):
     k = frozen_count(model, n)
     if not 0 <= k < len(names):
         raise ValueError(f"cannot freeze {n} layers of {type(model).__name__}: it has {len(names)} "
-                         f"({', '.join(names)}) and at least the last must train")
-    for name in names[:k]:
+                         f"({', '.join(names)}) and at least one must train")
+    frozen = names[len(names) - k:] if from_output and k else names[:k]
+    for name in frozen:
         getattr(model, name).requires_grad_(False)
-    model.n_frozen, model.adapt_bn = k, adapt_bn
+    model.frozen, model.adapt_bn = frozenset(frozen), adapt_bn
     model.train(model.training)
-    return names[:k]
+    return frozen
 
 
 def store_frozen(model, dtype=torch.bfloat16, blocks=None):
@@ -247,7 +249,8 @@ def store_frozen(model, dtype=torch.bfloat16, blocks=None):
     no optimizer state. They are upcast block by block while that block runs (see `_Sequence._run`); BatchNorm
     running statistics stay fp32. Returns the bytes saved."""
     saved = 0
-    for name, module in model.layers()[: model.n_frozen if blocks is None else blocks]:
+    chosen = [(n, m) for n, m in model.layers() if n in model.frozen] if blocks is None else model.layers()[:blocks]
+    for name, module in chosen:
         for p in module.parameters():
             saved += p.numel() * (p.element_size() - torch.finfo(dtype).bits // 8)
             p.data = p.data.to(dtype)

@@ -270,7 +270,7 @@ def _features(model, batch):
     pred = model(batch)[0]
     if pred.shape[2:] != (1, 1):  # dims < 2048: pytorch-fid averages the feature map
         pred = F.adaptive_avg_pool2d(pred, output_size=(1, 1))
-    return pred.flatten(1).cpu().numpy()  # float32 as the network made them: pytorch-fid's float64 copy is exact
+    return pred.flatten(1).float().cpu().numpy()  # float32 as the network made them: pytorch-fid's float64 copy is exact
 
 
 def get_activations(files_or_folder, model, batch_size=50, device="cpu", num_workers=None, progress=None):

@@ -107,6 +107,8 @@ def add_run_args(p, data_default="demo:cats", out_default="runs/wgan"):
                    help="every K epochs: FID/KID of --eval-n fixed latents against --eval-ref (needs pytorch-fid); 0 = off")
     p.add_argument("--eval-ref", default=None, metavar="STATS.npz", help="reference statistics (compute_fid.py --save-stats)")
     p.add_argument("--eval-n", type=positive_int, default=500, help="images generated per evaluation")
+    p.add_argument("--eval-fast", action="store_true", help="evaluate with a bf16 Inception: faster, FID/KID off by "
+                   "~1%% (for curves; final numbers with compute_fid.py)")
     p.add_argument("--eval-raw", action="store_true", help="with --ema: also evaluate the raw generator (twice the time)")
     p.add_argument("--eval-weights", default=None, metavar="PATH", help="FID Inception weights (compute_fid.py --weights)")
     p.add_argument("--sync-bn", action="store_true", help="multi-GPU: BatchNorm statistics of the generator over all processes")
@@ -461,12 +463,13 @@ class MemoryMeter:
         self.device, self.models, self.optimizers = torch.device(device), list(models), list(optimizers)
         self.watch_iterations, self.left, self.live, self.live_bytes = watch_iterations, 0, {}, 0
         self.peak_bytes, self.peak_parts, self.static, self._param_keys = 0, {}, {}, set()
+        self.window_device_peak = None
         for opt in self.optimizers:  # gradients and optimizer state both exist just before and after a step
             opt.register_step_pre_hook(lambda *a: self.sample())
             opt.register_step_post_hook(lambda *a: self.sample())
 
     def start(self):
-        self.left = self.watch_iterations
+        self.left, self.window_device_peak = self.watch_iterations, None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -527,6 +530,8 @@ class MemoryMeter:
         with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda s: s.tensor if isinstance(s, _Saved) else s):
             yield
         self.left -= 1  # after the iteration: its optimizer steps were sampled too
+        if self.left == 0:  # the device peak of training alone: evaluations come later and are not counted
+            self.window_device_peak = self.device_peak_bytes()
 
     def device_peak_bytes(self):
         if self.device.type == "cuda":
@@ -540,7 +545,8 @@ class MemoryMeter:
 
     def report(self):
         mb = 2 ** 20
-        return {"peak_mem_mb": round(self.device_peak_bytes() / mb, 1),
+        device_peak = self.window_device_peak or self.device_peak_bytes()
+        return {"peak_mem_mb": round(device_peak / mb, 1),
                 "peak_mem_kind": "cuda_max_memory_allocated" if self.device.type == "cuda" else "process_peak_rss",
                 "peak_tensor_mb": round(self.peak_bytes / mb, 1),
                 "peak_tensor_parts_mb": {k: round(v / mb, 1) for k, v in self.peak_parts.items()}}
@@ -798,16 +804,22 @@ class Evaluator:
         import compute_fid
         self.cf, self.device, self.batch = compute_fid, env.device, 50
         self.ref = compute_fid.load_stats(args.eval_ref)
-        self.inception = compute_fid.load_inception(args.eval_weights, env.device, dims=len(self.ref["mu"]))
+        self.weights, self.fast, self.inception = args.eval_weights, args.eval_fast, None
         self.z = torch.randn(args.eval_n, nz, 1, 1, generator=torch.Generator().manual_seed(2024))
 
     @torch.no_grad()
     def __call__(self, G):
+        if self.inception is None:  # loaded at the first evaluation: never inside the training memory window
+            # NHWC: features equal to pytorch-fid's to ~1e-6 relative, ~1.5x faster on a CPU
+            self.inception = self.cf.load_inception(self.weights, self.device, dims=len(self.ref["mu"]), channels_last=True)
         was_training = G.training
         G.eval()
         images = torch.cat([to_uint8(G(z.to(self.device))).cpu() for z in self.z.split(self.batch)])
         G.train(was_training)
-        scores = self.cf.score(self.cf.image_features(images, self.inception, self.batch, self.device), self.ref)
+        # --eval-fast: bf16 Inception, ~2.5x faster on a CPU with native bf16, FID off by ~1% (curves only)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast):
+            features = self.cf.image_features(images, self.inception, self.batch, self.device)
+        scores = self.cf.score(features.astype("float32"), self.ref)
         return {"fid": round(scores["fid"], 4), "kid": scores["kid_mean"], "kid_std": scores["kid_std"]}
 
 

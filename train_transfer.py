@@ -28,13 +28,13 @@ import harness
 import train_wgan
 
 
-def load_init(path, device):
+def load_init(path, device, ema=False):
     """Teacher (G, D) from a run directory or training checkpoint; (G, None) from a generator file or raw G.
-    The raw (not averaged) generator: it is the one its critic was trained against."""
+    G is the raw generator (the one its critic was trained against), or with `ema` its moving average."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     obj = arch.read_file(path, device)
-    G, _ = arch.model_from(obj, path, kinds=("Generator",), key="G", device=device, ema=False)
+    G, _ = arch.model_from(obj, path, kinds=("Generator",), key="G", device=device, ema=ema)
     D = None
     if isinstance(obj, dict) and obj.get("format") == arch.CHECKPOINT_FORMAT and "D" in obj:
         D, _ = arch.model_from(obj, path, kinds=("Discriminator",), key="D", device=device)
@@ -48,6 +48,10 @@ def main(argv=None):
     p.add_argument("--freeze-g", type=int, default=2, help="generator blocks to freeze, from z (negative: all but the last |N|)")
     p.add_argument("--freeze-d", type=int, default=-2, help="critic blocks to freeze, from the image (negative: all but the last |N| "
                    "parameter blocks; -2 leaves the last block and the output layer)")
+    p.add_argument("--freeze-g-from", choices=("z", "image"), default="z", help="which end of the generator "
+                   "--freeze-g counts from: z (the thesis: layer1, layer2, ...) or image (final, then the last layers)")
+    p.add_argument("--init-g", choices=("raw", "ema"), default="raw", help="the teacher's generator to start G "
+                   "(and its EMA) from: its raw weights or their moving average (its samples' weights)")
     p.add_argument("--frozen-dtype", choices=("bf16", "fp32"), default="bf16", help="storage of frozen weights")
     p.add_argument("--adapt-bn", action="store_true", help="let BatchNorm running statistics in frozen generator blocks adapt")
     p.set_defaults(data="demo:dogs")
@@ -64,7 +68,9 @@ def main(argv=None):
     G.apply(arch.weights_init)
     D.apply(arch.weights_init)
     if args.init:
-        teacher_g, teacher_d = load_init(args.init, env.device)
+        teacher_g, teacher_d = load_init(args.init, env.device, ema=args.init_g == "ema")
+        if args.init_g == "ema" and teacher_g.weights_kind != "ema":
+            raise harness.UserError(f"--init-g ema: {args.init} holds no moving average of its generator (trained with --ema 0)")
         if args.init_d:
             teacher_d, _ = arch.load_model(args.init_d, kinds=("Discriminator",), key="D", device=env.device)
         if teacher_d is None:
@@ -75,7 +81,7 @@ def main(argv=None):
             mine.load_state_dict(theirs.state_dict())
         del teacher_g, teacher_d
     try:
-        frozen_g = arch.freeze_layers(G, args.freeze_g, adapt_bn=args.adapt_bn)
+        frozen_g = arch.freeze_layers(G, args.freeze_g, adapt_bn=args.adapt_bn, from_output=args.freeze_g_from == "image")
         frozen_d = arch.freeze_layers(D, args.freeze_d)
     except ValueError as e:
         raise harness.UserError(str(e)) from None
@@ -88,7 +94,7 @@ def main(argv=None):
               f"D {frozen_d or '-'} ({args.frozen_dtype}) | trainable G {arch.count_params(G, True):,}/{arch.count_params(G):,}, "
               f"D {arch.count_params(D, True):,}/{arch.count_params(D):,} | {env.device} x {env.world_size}, {env.precision}, global batch {args.batch_size * env.world_size}", flush=True)
     train_wgan.train(args, env, G, D, batches, script="train_transfer", resume=resume, summary={
-        "init": args.init, "frozen_g": frozen_g, "frozen_d": frozen_d, "adapt_bn": args.adapt_bn,
+        "init": args.init, "init_g": args.init_g, "frozen_g": frozen_g, "frozen_d": frozen_d, "adapt_bn": args.adapt_bn,
         "frozen_dtype": args.frozen_dtype, "frozen_params_g": arch.count_params(G) - arch.count_params(G, True),
         "frozen_params_d": arch.count_params(D) - arch.count_params(D, True)})
 

@@ -99,6 +99,10 @@ def build_parser(doc=__doc__, script="train_wgan"):
     p.add_argument("--epochs", type=harness.positive_int, default=100, help="epochs to train (in all, across --resume)")
     p.add_argument("--iters-per-epoch", type=harness.positive_int, default=25, help="generator updates per epoch")
     p.add_argument("--n-critic", type=harness.positive_int, default=5, help="critic updates per generator update")
+    p.add_argument("--warmup-iters", type=harness.nonneg_int, default=0, metavar="K",
+                   help="the first K generator updates of the run take --warmup-n-critic critic updates each")
+    p.add_argument("--warmup-n-critic", type=harness.positive_int, default=100,
+                   help="critic updates per generator update during --warmup-iters (the WGAN code: 100 for 25)")
     p.add_argument("--lr", type=harness.positive_float, default=2e-4, help="Adam learning rate, both networks (the "
                    "thesis: 1e-4; 2e-4 learned faster in our ablation, see README)")
     p.add_argument("--betas", type=harness.beta, nargs=2, default=(0.0, 0.9), metavar=("B1", "B2"), help="Adam betas")
@@ -135,9 +139,12 @@ def train(args, env, G, D, batches, script="train_wgan", resume=None, summary=No
     first_epoch, first_it, step, losses = run.position(columns=4)
     for epoch in range(first_epoch, args.epochs + 1):
         for it in range(first_it, args.iters_per_epoch):
+            # a warm-up gives the critic more steps per generator update (WGAN's 100 for its first 25): a
+            # critic trained on another domain first learns the new one before its gradients move G
+            n_critic = args.warmup_n_critic if step < args.warmup_iters else args.n_critic
             with run.meter.hooks():
                 critic = sum(critic_step(G, D, opt_d, scaler_d, next(batches), args, env, augment)
-                             for _ in range(args.n_critic)) / args.n_critic
+                             for _ in range(n_critic)) / n_critic
                 g_loss = generator_step(G, D, opt_g, scaler_g, args, env, augment)
             step += 1
             losses[it] = torch.cat([critic, g_loss[None]])
