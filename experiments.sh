@@ -151,6 +151,7 @@ pick EVAL_POINTS     0
 pick EVAL_N          ""
 [[ "$EVAL_POINTS" =~ ^[0-9]+$ ]] || die "EVAL_POINTS must be an integer >= 0, got '$EVAL_POINTS'"
 pick PRESET          ""
+KD_LR=""  # set by a preset only, never by the environment
 case "$PRESET" in
     "") ;;
     thesis) LR="${LR:-1e-4}"; EMA="${EMA:-0}"; DIFFAUG="${DIFFAUG:-none}"; PRECISION="${PRECISION:-fp32}"

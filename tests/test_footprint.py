@@ -5,6 +5,7 @@ level are always needed; imports inside a function (e.g. compute_fid.py for trai
 demo: data) only when that feature is used, and are listed apart.
 """
 import ast
+import itertools
 import os
 import sys
 
@@ -94,9 +95,18 @@ def test_training_scripts_need_arch_data_and_the_harness_at_most(script):
     assert optional <= {"compute_fid", "report", "demo"}, optional  # --eval-every, quality.png, demo: data
 
 
-def test_the_table_lists_every_user_script():
-    text = table()
-    assert all(f"| {s}.py |" in text for s in USER_SCRIPTS)
+def readme_table():
+    """The "What each script needs" table of README.md, as printed there."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    lines = readme.split("### What each script needs", 1)[1].splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    rows = itertools.takewhile(lambda ln: ln.startswith("|"), lines[first:])
+    return "\n".join(rows)
+
+
+def test_the_readme_table_is_the_computed_one():
+    assert readme_table() == table(), "README.md is out of date: paste `python tests/test_footprint.py` over its table"
 
 
 if __name__ == "__main__":

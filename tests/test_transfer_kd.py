@@ -329,51 +329,58 @@ def test_frozen_critic_passes_gradients_to_the_image(n_frozen):
                                                          for n, _ in D.named_parameters()]
 
 
-class SavedBytes:
-    """Peak bytes of the tensors autograd holds for backward (each storage once, parameters not counted)."""
+def test_memory_meter_counts_known_tensor_sizes():
+    """harness.MemoryMeter against sizes known beforehand: a bias-free 512 -> 256 linear layer (fp32 weight: 512 KiB),
+    harness.Adam with beta1 = 0 (one state tensor per weight; the 0-d step counter is not counted) and one
+    iteration whose saved tensors autograd's formulas name: the matmul keeps its input x (for the weight's
+    gradient) and the weight (for x's: a parameter, counted once as such), y * y keeps y (one storage, saved twice)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(512, 256, bias=False)
+    opt = harness.Adam(layer.parameters(), lr=1e-3, betas=(0.0, 0.9))
+    x = torch.randn(1024, 512, requires_grad=True)
+    weight, saved = 256 * 512 * 4, 1024 * 512 * 4 + 1024 * 256 * 4
+    meter = harness.MemoryMeter("cpu", [layer], [opt], watch_iterations=1)
+    meter.start()
+    assert meter.peak_parts == {"params": weight, "grads": 0, "optimizer": 0, "activations": 0}
+    with meter.hooks():
+        y = layer(x)
+        loss = (y * y).sum()
+        assert meter.live_bytes == saved
+        loss.backward()
+        assert meter.live_bytes == 0  # backward released them
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert meter.peak_bytes == weight + saved
+    assert meter.peak_parts == {"params": weight, "grads": 0, "optimizer": 0, "activations": saved}
+    assert meter.static == {"params": weight, "grads": weight, "optimizer": weight}  # read at the step
+    assert meter.report()["peak_tensor_mb"] == round((weight + saved) / 2**20, 1)
+    assert meter.window_device_peak is not None  # the device peak, frozen at the end of the watched iteration
+    with meter.hooks():  # past the watched iterations: a larger batch is not counted
+        (layer(torch.randn(4096, 512, requires_grad=True)) ** 2).sum().backward()
+    assert meter.peak_bytes == weight + saved and meter.live_bytes == 0
 
-    def __init__(self, params):
-        self.skip = {p.untyped_storage().data_ptr() for p in params}
-        self.live, self.now, self.peak = {}, 0, 0
 
-    def _pack(self, t):
-        s = t.untyped_storage()
-        key = (s.data_ptr(), s.nbytes())
-        if key[0] in self.skip or key[1] == 0:
-            return t
-        entry = self.live.setdefault(key, [0])
-        if entry[0] == 0:
-            self.now += key[1]
-            self.peak = max(self.peak, self.now)
-        entry[0] += 1
-        return _Held(t, self, key)
-
-    def _release(self, key):
-        entry = self.live[key]
-        entry[0] -= 1
-        if entry[0] == 0:
-            del self.live[key]
-            self.now -= key[1]
-
-    def hooks(self):
-        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda h: h.tensor if isinstance(h, _Held) else h)
-
-
-class _Held:
-    def __init__(self, tensor, counter, key):
-        self.tensor, self.counter, self.key = tensor, counter, key
-
-    def __del__(self):
-        self.counter._release(self.key)
+def saved_activation_peaks(G, D, steps):
+    """Per step function: the peak bytes autograd held for backward while it ran (harness.MemoryMeter)."""
+    peaks = []
+    for step in steps:
+        meter = harness.MemoryMeter("cpu", [G, D], [], watch_iterations=1)  # no optimizer: parameters only
+        meter.start()
+        with meter.hooks():
+            step()
+        assert meter.live_bytes == 0  # nothing left behind after the step
+        peaks.append(meter.peak_parts["activations"])
+    return peaks
 
 
 def test_default_freezing_saves_activation_bytes():
-    """train_transfer's default (--freeze-g 2 --freeze-d 4; at 64x64 the critic keeps its output block) against
-    the same models unfrozen: one critic step and one generator step each, same seed, same batch."""
+    """train_transfer's default (--freeze-g 2 --freeze-d -2: at 64x64 layer1-3 of the critic frozen, layer4 and
+    the output layer train) against the same models unfrozen: one critic step and one generator step each, same
+    seed, same batch."""
     size = 64
     real = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(5)) * 2 - 1
     results = {}
-    for name, (fg, fd) in (("full", (0, 0)), ("frozen", (2, 4))):
+    for name, (fg, fd) in (("full", (0, 0)), ("frozen", (2, -2))):
         torch.manual_seed(0)
         G = arch.Generator(img_size=size, width=WIDTH).apply(arch.weights_init)
         D = arch.Discriminator(img_size=size, width=WIDTH).apply(arch.weights_init)
@@ -382,20 +389,18 @@ def test_default_freezing_saves_activation_bytes():
         opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=1e-4, betas=(0.0, 0.9))
         opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=1e-4, betas=(0.0, 0.9))
         G.train(), D.train()
-        params = list(G.parameters()) + list(D.parameters())
-        critic, gen = SavedBytes(params), SavedBytes(params)
+        losses = []
         torch.manual_seed(1)
-        with critic.hooks():
-            d_loss, _, gp = train_wgan.critic_step(G, D, opt_d, ENV.scaler(), real, step_args(8), ENV)
-        with gen.hooks():
-            g_loss = train_wgan.generator_step(G, D, opt_g, ENV.scaler(), step_args(8), ENV)
-        assert critic.now == gen.now == 0  # nothing left behind after the steps
-        assert all(torch.isfinite(t) for t in (d_loss, gp, g_loss))
-        results[name] = SimpleNamespace(critic=critic.peak, gen=gen.peak, opt_d=opt_d, D=D)
+        critic, gen = saved_activation_peaks(G, D, [
+            lambda: losses.extend(train_wgan.critic_step(G, D, opt_d, ENV.scaler(), real, step_args(8), ENV)),
+            lambda: losses.append(train_wgan.generator_step(G, D, opt_g, ENV.scaler(), step_args(8), ENV))])
+        assert len(losses) == 4 and all(torch.isfinite(t) for t in losses)
+        results[name] = SimpleNamespace(critic=critic, gen=gen, opt_d=opt_d, D=D)
     full, frozen = results["full"], results["frozen"]
     assert frozen.critic < 0.8 * full.critic, (frozen.critic, full.critic)
     assert frozen.gen < 0.95 * full.gen, (frozen.gen, full.gen)
-    assert {id(p) for p in frozen.opt_d.state} == {id(p) for p in frozen.D.output.parameters()}
+    trained = list(frozen.D.layer4.parameters()) + list(frozen.D.output.parameters())
+    assert {id(p) for p in frozen.opt_d.state} == {id(p) for p in trained}
 
 
 @pytest.mark.parametrize("flags, needles", [

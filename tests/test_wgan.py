@@ -1,4 +1,5 @@
 """train_wgan.py: the gradient penalty, the two updates, checkpoints, exact resume, learning, user errors."""
+import copy
 import json
 from types import SimpleNamespace
 import os
@@ -87,11 +88,26 @@ def changed(before, model):
 def test_critic_step_changes_only_the_critic():
     G, D, opt_g, opt_d = tiny_models()
     g0, d0 = params(G), params(D)
-    loss, wasserstein, gp = train_wgan.critic_step(G, D, opt_d, ENV.scaler(), torch.rand(8, 3, 32, 32) * 2 - 1, STEP_ARGS, ENV)
+    D0 = copy.deepcopy(D)  # the critic the step computed its loss with
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    torch.manual_seed(7)
+    loss, wasserstein, gp = train_wgan.critic_step(G, D, opt_d, ENV.scaler(), real, STEP_ARGS, ENV)
     # (conv biases right before InstanceNorm get no gradient: the norm subtracts them out)
     assert not any(changed(g0, G)) and any(changed(d0, D)) and not torch.equal(d0[-2], D.output[0].weight)
     assert all(p.grad is None for p in list(G.parameters()) + list(D.parameters()))  # freed after the step
-    assert torch.isfinite(loss) and gp >= 0
+    # the logged values, recomputed from the same draws (z, then eps) with the critic as it was before the step
+    torch.manual_seed(7)
+    with torch.no_grad():
+        fake = G(torch.randn(8, 100, 1, 1))
+    eps = torch.rand(8, 1, 1, 1)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(D0(x_hat).sum(), x_hat)
+    expected_gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    with torch.no_grad():
+        expected_w = D0(real).mean() - D0(fake).mean()
+    torch.testing.assert_close(gp, expected_gp)
+    torch.testing.assert_close(wasserstein, expected_w)
+    torch.testing.assert_close(loss, -expected_w + 10.0 * expected_gp)
 
 
 def test_generator_step_changes_only_the_generator_on_a_fresh_batch():
@@ -283,6 +299,9 @@ def test_periodic_evaluation_writes_the_quality_curve(tmp_path):
     import compute_fid as cf
     torch.manual_seed(0)
     net = cf.fid_inception_v3_arch()  # random weights: the numbers mean nothing, the plumbing is checked
+    for mod in net.modules():  # kaiming: features vary with the images (PyTorch's default init makes them ~0)
+        if isinstance(mod, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
     weights = tmp_path / "random_inception.pth"
     torch.save(net.state_dict(), weights)
     model = cf.load_inception(str(weights), dims=64)
@@ -296,4 +315,13 @@ def test_periodic_evaluation_writes_the_quality_curve(tmp_path):
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "fid" in r] == [1, 2]
     assert all(np.isfinite(r["fid"]) and r["kid"] is not None for r in records)
-    assert (out / "quality.png").is_file() and json.loads((out / "summary.json").read_text())["final"]["fid"] >= 0
+    assert (out / "quality.png").is_file()
+    assert json.loads((out / "summary.json").read_text())["final"]["fid"] == records[-1]["fid"]
+    # the last FID, recomputed here: the samples' weights (the moving average, in generator.pt) on 20 latents of
+    # the evaluation's fixed seed, against the reference (features to float rounding: NHWC in training)
+    G, _ = arch.load_model(str(out / "generator.pt"))
+    z = torch.randn(20, 100, 1, 1, generator=torch.Generator().manual_seed(2024))
+    with torch.no_grad():
+        images = ((G.eval()(z) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    expected = cf.score(cf.image_features(images, model), cf.load_stats(str(tmp_path / "ref.npz")))["fid"]
+    assert records[-1]["fid"] == pytest.approx(expected, abs=1e-4)  # logged with 4 decimals
