@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 9 as one command, about 8 minutes on one GPU at most (each step has a time limit):
+# The GPU checks as one command, about 8 minutes on one GPU at most (each step has a time limit):
 #   1. pytest -m cuda        the CUDA paths of every script (tests/test_cuda.py)
 #   2. bench.py              our loop at fp32 / bf16 / fp16 against the textbook fp32 loop, thesis architecture
 #                            128x128, batch 64, MFU; and the thesis epoch (200 critic + 25 generator updates at

@@ -394,7 +394,7 @@ def test_missing_hub_weights_and_no_network_says_where_to_put_the_file(monkeypat
     assert not os.path.exists(expected)
 
 
-# ----------------------------------------------------------------------------- reliability (issue 12)
+# ----------------------------------------------------------------------------- odd images, outputs that are never half written
 
 def test_16bit_png_reads_as_its_8bit_twin_where_pytorch_fid_sees_white(tmp_path, model):
     rng = np.random.RandomState(5)
@@ -488,7 +488,7 @@ def test_failed_write_is_one_line_and_keeps_the_old_file(code, npz_pair, cli, tm
     assert sorted(os.listdir(tmp_path)) == ["a.npz", "r.json"]  # neither a partial file nor a temp file
 
 
-# ----------------------------------------------------------------------------- first-hour polish (issue 13)
+# ----------------------------------------------------------------------------- KID subsets, progress, warnings, images in memory
 
 def test_kid_default_subset_size_gives_a_spread_at_500_vs_500():
     rng = np.random.RandomState(6)
