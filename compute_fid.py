@@ -26,9 +26,11 @@ and scaling to [-1, 1] inside), its pool3 features and its `calculate_frechet_di
 - Safe outputs: `--save-stats`/`--json` never replace an existing file without `--overwrite`, are checked to be
   writable before the slow part, and are written atomically (no half file on a full disk). Unreadable or
   oversized images (PIL's decompression-bomb limit) end in one line naming the file.
-- Speed: the same network in the same float32 layout as pytorch-fid (that is what makes the numbers identical),
-  so a folder-vs-folder run takes as long as pytorch-fid's; cached statistics halve it. `--channels-last` is
-  ~1.5x faster on an idle CPU at the price of float-rounding differences (see `load_inception`).
+- Speed: the same network as pytorch-fid in NHWC layout (`--channels-last`, the default): ~1.5x faster on a CPU,
+  features equal to pytorch-fid's to ~1e-6 relative (FID to ~1e-8); `--no-channels-last` gives its exact bits.
+  Cached statistics halve a folder-vs-folder run.
+- Sample noise: `--bootstrap R` adds the std of FID over R resamples of A; `--max-images N` also takes a fixed
+  subset of the feature rows of an .npz (FID@500 of the thesis' protocol from cached 2,000-image statistics).
 - In Python (e.g. FID during training, images in memory): `model = load_inception(weights)`,
   `ref = load_stats("stats/cats.npz")`, `score(image_features(uint8_images, model), ref)`.
 
@@ -142,10 +144,9 @@ def load_inception(weights=None, device="cpu", dims=2048, channels_last=False):
 
     `weights`: a local state-dict file; None -> the torch hub cache file, downloaded if missing. The file used
     is recorded as `model.weights_path`.
-    `channels_last`: NHWC memory layout, ~1.5x faster on an idle CPU (oneDNN's NHWC kernels, pooling above all),
-    but other kernels sum in another order, so features differ from pytorch-fid's by float rounding (~1e-6
-    relative; FID of 500 cats vs 500 dogs: 215.084212 vs 215.084216). Off by default: identical numbers first.
-    On a CPU shared with other busy processes it was slower, not faster.
+    `channels_last`: NHWC memory layout, ~1.5x faster on a CPU (oneDNN's NHWC kernels, pooling above all), but
+    other kernels sum in another order, so features differ from pytorch-fid's by float rounding (~1e-6
+    relative; FID of 500 cats vs 500 dogs: 215.084212 vs 215.084216). The command line's default.
     """
     if dims not in DIMS:
         raise UserError(f"--dims must be one of {', '.join(map(str, DIMS))}, got {dims}")
@@ -536,6 +537,32 @@ def _resolve(path, max_images=None, seed=0):
     return "folder", subsample(files, max_images, seed)
 
 
+def subsample_stats(stats, path, max_images=None, seed=0):
+    """`--max-images` for a statistics file: the same fixed random subset of its feature rows that `subsample`
+    takes of files (an .npz saved from N files, subset to M, equals the folder's M-file subset of those N)."""
+    if max_images is None or (stats["n"] is not None and stats["n"] <= max_images):
+        return stats
+    if stats["features"] is None:
+        raise UserError(f"--max-images {max_images}: {path} holds only mu/sigma, no features to take a subset of")
+    feats = stats["features"][subsample(range(len(stats["features"])), max_images, seed)]
+    mu, sigma = statistics(feats)
+    return dict(mu=mu, sigma=sigma, features=feats, n=len(feats))
+
+
+def bootstrap_fid(a, b, rounds, seed=0):
+    """Std of FID over `rounds` resamples (with replacement) of A's feature rows, B fixed: the part of FID's
+    noise that comes from which images were generated. Two models whose FIDs differ by less than about twice
+    the combined std (sqrt(std_1^2 + std_2^2)) are a tie."""
+    if a["features"] is None:
+        raise UserError("--bootstrap needs the features of A (an image folder, or an .npz saved by this tool)")
+    rng = np.random.RandomState(seed)
+    values = []
+    for _ in range(rounds):
+        mu, sigma = statistics(a["features"][rng.randint(0, len(a["features"]), len(a["features"]))])
+        values.append(frechet_distance(mu, sigma, b["mu"], b["sigma"]))
+    return float(np.std(values, ddof=1))
+
+
 def folder_stats(files, model, batch_size=50, device="cpu", num_workers=None, label="", quiet=False):
     """dict(mu, sigma, features, n) of a list of image files; progress lines on stderr unless `quiet`."""
     if not quiet:
@@ -549,7 +576,7 @@ def folder_stats(files, model, batch_size=50, device="cpu", num_workers=None, la
 
 def compute(path_a, path_b, *, model=None, weights=None, channels_last=False, device="cpu", batch_size=50,
             dims=2048, num_workers=None, max_images=None, seed=0, with_kid=True, kid_subsets=100,
-            kid_subset_size=None, save_stats_b=None, overwrite=False, quiet=False):
+            kid_subset_size=None, save_stats_b=None, overwrite=False, quiet=False, bootstrap=0):
     """FID (and KID) between two inputs, each an image folder or a statistics .npz; returns the result dict.
 
     `model`: a loaded `load_inception(...)` (else it is loaded from `weights`, with `channels_last`, when a folder
@@ -570,7 +597,7 @@ def compute(path_a, path_b, *, model=None, weights=None, channels_last=False, de
     sides = []
     for label, (kind, what) in zip(("a: ", "b: "), inputs):
         if kind == "npz":
-            stats = load_stats(what)
+            stats = subsample_stats(load_stats(what), what, max_images, seed)
             if model is not None and stats["mu"].shape[0] != dims:
                 raise UserError(f"{what} holds {stats['mu'].shape[0]}-dim statistics, but --dims is {dims}")
         elif sides and inputs[0] == (kind, what):  # the same files twice: no need to run them again
@@ -587,7 +614,8 @@ def compute(path_a, path_b, *, model=None, weights=None, channels_last=False, de
     result = dict(fid=frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"]), kid_mean=None, kid_std=None,
                   n_a=a["n"], n_b=b["n"], a=os.fspath(path_a), b=os.fspath(path_b), dims=int(a["mu"].shape[0]),
                   weights=getattr(model, "weights_path", None), channels_last=getattr(model, "channels_last", None),
-                  max_images=max_images, seed=seed, kid_subsets=kid_subsets, kid_subset_size=None, kid_note=None)
+                  max_images=max_images, seed=seed, kid_subsets=kid_subsets, kid_subset_size=None, kid_note=None,
+                  fid_bootstrap_std=bootstrap_fid(a, b, bootstrap, seed) if bootstrap else None, bootstrap=bootstrap)
     if not with_kid:
         result["kid_note"] = "not computed (--no-kid)"
     elif a["features"] is None or b["features"] is None:
@@ -605,7 +633,8 @@ def compute(path_a, path_b, *, model=None, weights=None, channels_last=False, de
 
 def report(result):
     """The console lines: `FID: 12.345` and `KID: 0.0123 ± 0.0011 (...)`."""
-    lines = [f"FID: {result['fid']:.3f}"]
+    lines = [f"FID: {result['fid']:.3f}" + (f" ± {result['fid_bootstrap_std']:.3f} (std over {result['bootstrap']} "
+                                            "bootstrap resamples of A)" if result.get("fid_bootstrap_std") else "")]
     if result["kid_mean"] is None:
         lines.append(f"KID: {result['kid_note']}")
     else:
@@ -667,7 +696,10 @@ def build_parser():
     p.add_argument("--num-workers", type=_int_at_least(0), default=None,
                    help="image-decoding processes (None: 2 on CPU, up to 8 on CUDA)")
     p.add_argument("--max-images", type=_int_at_least(1), default=None, metavar="N",
-                   help="use a fixed random subset of N files of each folder (None: all; .npz inputs are used whole)")
+                   help="use a fixed random subset of N files of each folder, or of the feature rows of each .npz "
+                        "that holds them (None: all)")
+    p.add_argument("--bootstrap", type=_int_at_least(0), default=0, metavar="R",
+                   help="also the std of FID over R resamples of A's images with replacement (its sample noise)")
     p.add_argument("--seed", type=_int_at_least(0), default=0,
                    help="seed of the --max-images subset and of the KID subsets")
     p.add_argument("--kid", action=argparse.BooleanOptionalAction, default=True, help="also compute KID")
@@ -678,9 +710,9 @@ def build_parser():
     p.add_argument("--weights", default=None, metavar="PATH",
                    help=f"local FID Inception state dict ({WEIGHTS_NAME}) (None: the torch hub cache "
                         f"{hub_weights_path()}, downloaded if missing)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="NHWC layout: ~1.5x faster on an idle CPU, but features differ from pytorch-fid's by float "
-                        "rounding (FID ~1e-8 relative)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC layout: ~1.5x faster on a CPU; features differ from pytorch-fid's by float rounding "
+                        "(~1e-6 relative, FID ~1e-8 relative); --no-channels-last gives pytorch-fid's bits")
     p.add_argument("--save-stats", default=None, metavar="OUT.npz",
                    help="with A B: also save B's statistics; as `--save-stats DATASET_DIR OUT.npz`: only save")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the result as JSON")
@@ -716,7 +748,7 @@ def run(args):
     result = compute(*args.paths, weights=args.weights, channels_last=args.channels_last, dims=args.dims,
                      max_images=args.max_images, seed=args.seed, with_kid=args.kid, kid_subsets=args.kid_subsets,
                      kid_subset_size=args.kid_subset_size, save_stats_b=args.save_stats, overwrite=args.overwrite,
-                     quiet=args.quiet, **common_kw)
+                     quiet=args.quiet, bootstrap=args.bootstrap, **common_kw)
     print(f"a: {result['a']} ({result['n_a'] if result['n_a'] is not None else '?'} images)")
     print(f"b: {result['b']} ({result['n_b'] if result['n_b'] is not None else '?'} images)")
     print(report(result))

@@ -10,15 +10,21 @@ usage: experiments.sh [--demo] [--out DIR] [flags]     (bash experiments.sh ... 
 Reproduces the thesis' Tables 3.1-3.3 in one go. Stages, all under --out (default runs/study):
   teacher            train_wgan.py on data 1                          (thesis model 1)
   full               train_transfer.py --freeze-g 0 --freeze-d 0 on data 2  (model 2, full training)
-  transfer           train_transfer.py --init OUT/teacher on data 2   (model 2, transfer learning)
+  transfer           train_transfer.py --init OUT/teacher on data 2   (model 2, transfer learning: the
+                     thesis' freezing, G layer1-2 and D all but its last block)
+  <variant>          with --variants: the same with one recipe changed (flags below), each a stage
   kd_a<alpha>        train_kd.py --teacher OUT/teacher/generator.pt on data 1, one per alpha
   samples/<stage>/   N PNGs per model (createsamples.py --seed 0), the teacher included
   real1/, real2/     the real images FID compares against, as training sees them (same crop, --size):
                      a demo spec's first N (data.py demo); a folder's copy (data.py prepare), of which
                      compute_fid.py takes a fixed-seed random subset of N (--max-images N --seed 0)
-  fid/ref_data1.npz, ref_data2.npz, ref_teacher.npz      Inception statistics (compute_fid.py --save-stats)
-  fid/<stage>.json   FID + KID vs its own dataset (teacher, kd_*: data 1; full, transfer: data 2)
-  fid/kd_a<alpha>_vs_teacher.json                         FID + KID of each student vs the teacher's samples
+  fid/ref_data1.npz, ref_data2.npz   Inception statistics of the real images (compute_fid.py --save-stats)
+  fid/gen_<stage>.npz                 Inception statistics of each model's samples
+  fid/<stage>.json   FID + KID vs its own dataset (teacher, kd_*: data 1; the rest: data 2), with the std of
+                     FID over --bootstrap resamples of the samples (its sample noise)
+  fid/<stage>_n<M>.json               the same from the first --n-thesis M images per side (the thesis' 500)
+  fid/teacher_vs_data2.json           the teacher untouched against data 2: where every transfer starts
+  fid/kd_a<alpha>_vs_teacher.json     FID + KID of each student vs the teacher's samples
   report/            python report.py OUT: report.md, table3_{1,2,3}.csv, timelines.png, grid_<stage>.png
 
 Re-running is cheap and safe: a finished stage is skipped ("[stage] NAME: done, skipping").
@@ -53,12 +59,26 @@ flags (each also read from the environment variable STUDY_<NAME in brackets>, e.
   --eval-points N         FID/KID N times during each training stage (every epochs/N epochs) against data
                           1/2's statistics: OUT/<stage>/quality.png and report/quality.png; KD only for
                           alpha 0.05 (or the first alpha); 0 = off [EVAL_POINTS] (0)
-  --eval-n N              images per evaluation during training [EVAL_N] (= --n-samples); fewer is faster,
-                          but FID is biased by the count: compare curves only with curves
+  --eval-n N              images per evaluation during training [EVAL_N] (500); FID is biased by the count,
+                          KID is not: compare curves with curves, final numbers with final numbers
+  --eval-exact            exact Inception for the curves [EVAL_EXACT=1] (default: the bf16 one, ~2.5x
+                          faster on a CPU with native bf16, FID ~1% off; final FIDs are always exact)
   --preset thesis         [PRESET] the thesis' training settings: lr 1e-4 (KD 5e-4), no EMA, no DiffAugment,
                           fp32, KD batch 8, n_critic 8 (its epochs of 200 critic + 25 generator updates)
   --alphas "A B ..."      KD alphas [ALPHAS] ("0.3 0.05 0.01 0.001")
-  --n-samples N           images per model and per dataset for FID [N_SAMPLES] (500, as the thesis)
+  --variants "V ..."      transfer recipes to train beside `transfer`, each one stage on data 2 from the
+                          teacher [VARIANTS] (none); "all" = every one of:
+                            freezed       FreezeD (Mo et al. 2020): all of G trains, critic layer1-2 frozen
+                            g_image       G's image-side blocks frozen instead of the z-side ones
+                            warmup        critic warm-up: 50 critic steps per generator step for the first 20
+                            ema_init      G and its EMA start from the teacher's EMA weights, not its raw ones
+                            finetune_all  nothing frozen, lr 5e-5 (fine-tuning everything at a low rate)
+                            recipe        G layer1-2 and critic layer1-2 frozen + warmup + ema_init + lr 5e-5
+  --n-samples N           images per model and per dataset for FID [N_SAMPLES] (2000; pytorch-fid's authors
+                          advise >= 2048: FID is biased by the count)
+  --n-thesis M            also FID of the first M images per side, the thesis' protocol [N_THESIS] (500;
+                          0 = off)
+  --bootstrap R           resamples for the std of each FID [BOOTSTRAP] (10; 0 = off)
   --fid-dims D            Inception features: 2048 (standard), 768, 192, 64 [FID_DIMS] (2048)
   --kid-subsets K         [KID_SUBSETS] (100)
   --kid-subset-size M     [KID_SUBSET_SIZE] (N/2)
@@ -98,9 +118,11 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --demo) F[DEMO]=1; shift ;;
+        --eval-exact) F[EVAL_EXACT]=1; shift ;;
         --data1|--data2|--size|--width|--batch-size|--kd-batch-size|--epochs-teacher|--epochs-transfer|--epochs-kd|\
         --iters-per-epoch|--n-critic|--snapshot-every|--save-every|--alphas|--n-samples|--fid-dims|--kid-subsets|\
-        --kid-subset-size|--weights|--device|--threads|--out|--lr|--diffaug|--ema|--precision|--eval-points|--eval-n|--preset)
+        --kid-subset-size|--weights|--device|--threads|--out|--lr|--diffaug|--ema|--precision|--eval-points|--eval-n|--preset|\
+        --variants|--n-thesis|--bootstrap)
             [[ $# -ge 2 ]] || die "$1 needs a value (see --help)"
             key="${1#--}"; key="${key//-/_}"; key="${key^^}"
             F[$key]="$2"; shift 2 ;;
@@ -135,7 +157,10 @@ pick N_CRITIC        ""
 pick SNAPSHOT_EVERY  ""                       2
 pick SAVE_EVERY      1
 pick ALPHAS          "0.3 0.05 0.01 0.001"
-pick N_SAMPLES       500                      50
+pick N_SAMPLES       2000                     50
+pick N_THESIS        500                      0
+pick BOOTSTRAP       10                       0
+pick VARIANTS        ""
 pick FID_DIMS        2048                     64
 pick KID_SUBSETS     100                      10
 pick KID_SUBSET_SIZE ""
@@ -149,6 +174,7 @@ pick EMA             ""
 pick PRECISION       ""
 pick EVAL_POINTS     0
 pick EVAL_N          ""
+pick EVAL_EXACT      0
 [[ "$EVAL_POINTS" =~ ^[0-9]+$ ]] || die "EVAL_POINTS must be an integer >= 0, got '$EVAL_POINTS'"
 pick PRESET          ""
 KD_LR=""  # set by a preset only, never by the environment
@@ -168,6 +194,22 @@ for v in ITERS_PER_EPOCH N_CRITIC SNAPSHOT_EVERY KID_SUBSET_SIZE THREADS; do
     [[ -z "${!v}" ]] || is_int "${!v}" || die "$v must be a positive integer, got '${!v}'"
 done
 [[ "$N_SAMPLES" -ge 2 ]] || die "N_SAMPLES must be at least 2 (FID needs a covariance)"
+for v in N_THESIS BOOTSTRAP; do [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be an integer >= 0, got '${!v}'"; done
+[[ "$EVAL_EXACT" == 0 || "$EVAL_EXACT" == 1 ]] || die "EVAL_EXACT must be 0 or 1, got '$EVAL_EXACT'"
+declare -A VARIANT_FLAGS=(
+    [freezed]="--freeze-g 0 --freeze-d 2"
+    [g_image]="--freeze-g-from image"
+    [warmup]="--warmup-iters 20 --warmup-n-critic 50"
+    [ema_init]="--init-g ema"
+    [finetune_all]="--freeze-g 0 --freeze-d 0 --lr 5e-5"
+    [recipe]="--freeze-g 2 --freeze-d 2 --init-g ema --warmup-iters 20 --warmup-n-critic 50 --lr 5e-5"
+)
+ALL_VARIANTS="recipe freezed g_image warmup ema_init finetune_all"
+[[ "$VARIANTS" == all ]] && VARIANTS="$ALL_VARIANTS"
+read -r -a VARIANT_LIST <<< "$VARIANTS"
+for v in "${VARIANT_LIST[@]}"; do
+    [[ -n "${VARIANT_FLAGS[$v]+x}" ]] || die "unknown variant '$v' (known: $ALL_VARIANTS, or all)"
+done
 KID_SUBSET_SIZE="${KID_SUBSET_SIZE:-$(( N_SAMPLES / 2 > 2 ? N_SAMPLES / 2 : 2 ))}"
 case "$FID_DIMS" in 64|192|768|2048) ;; *) die "FID_DIMS must be 64, 192, 768 or 2048, got '$FID_DIMS'" ;; esac
 read -r -a ALPHA_LIST <<< "$ALPHAS"
@@ -192,7 +234,8 @@ common_train=(--img-size "$SIZE" --device "$DEVICE" --save-every "$SAVE_EVERY")
 [[ -n "$PRECISION" ]] && common_train+=(--precision "$PRECISION")
 eval_args() {  # eval_args N EPOCHS: periodic FID/KID against data N's statistics, if --eval-points
     [[ "$EVAL_POINTS" == 0 ]] || echo --eval-every "$(( $2 / EVAL_POINTS > 1 ? $2 / EVAL_POINTS : 1 ))" \
-        --eval-ref "$OUT/fid/ref_data$1.npz" --eval-n "${EVAL_N:-$N_SAMPLES}" ${WEIGHTS:+--eval-weights "$WEIGHTS"}
+        --eval-ref "$OUT/fid/ref_data$1.npz" --eval-n "${EVAL_N:-$(( N_SAMPLES < 500 ? N_SAMPLES : 500 ))}" \
+        ${WEIGHTS:+--eval-weights "$WEIGHTS"} $([[ "$EVAL_EXACT" == 1 ]] || echo --eval-fast)
 }
 if [[ -n "$THREADS" ]]; then
     common_train+=(--threads "$THREADS")
@@ -327,16 +370,25 @@ real_ref() {
     fi
 }
 
-ref_samples() {  # ref_samples STAGE: OUT/fid/ref_STAGE.npz, the statistics of a model's samples
-    local dir="$OUT/samples/$1" npz="$OUT/fid/ref_$1.npz"
-    if up_to_date "$npz" "$dir" && ! pending_dep "$dir"; then say "fid/ref_$1.npz: done, skipping"; return; fi
+gen_stats() {  # gen_stats STAGE: OUT/fid/gen_STAGE.npz, the Inception statistics of a model's samples
+    local dir="$OUT/samples/$1" npz="$OUT/fid/gen_$1.npz"
+    if up_to_date "$npz" "$dir" && ! pending_dep "$dir"; then say "fid/gen_$1.npz: done, skipping"; return; fi
     queue "$npz" compute_fid.py --save-stats "$dir" "$npz" "${fid_args[@]}"
 }
 
-fid() {  # fid NAME SAMPLES REF: OUT/fid/NAME.json
-    local name="$1" a="$2" b="$3" json="$OUT/fid/$1.json"
+fid() {  # fid NAME A B [FLAGS...]: OUT/fid/NAME.json (A, B: statistics files)
+    local name="$1" a="$2" b="$3" json="$OUT/fid/$1.json"; shift 3
     if up_to_date "$json" "$a" "$b" && ! pending_dep "$a" "$b"; then say "fid/$name.json: done, skipping"; return; fi
-    queue "$json" compute_fid.py "$a" "$b" --json "$json" "${fid_args[@]}"
+    queue "$json" compute_fid.py "$a" "$b" --json "$json" "${fid_args[@]}" "$@"
+}
+
+score() {  # score STAGE REF: FID + KID of all samples (std over bootstrap resamples), and of the thesis' count
+    local gen="$OUT/fid/gen_$1.npz" ref="$OUT/fid/$2.npz"
+    fid "$1" "$gen" "$ref" --bootstrap "$BOOTSTRAP"
+    if [[ "$N_THESIS" -gt 0 && "$N_THESIS" -lt "$N_SAMPLES" ]]; then
+        fid "$1_n$N_THESIS" "$gen" "$ref" --max-images "$N_THESIS" \
+            --kid-subset-size "$(( N_THESIS / 2 > 2 ? N_THESIS / 2 : 2 ))"
+    fi
 }
 
 # ----------------------------------------------------------------------------- the study
@@ -347,10 +399,10 @@ if command -v flock >/dev/null; then  # two studies writing one run directory wo
 fi
 echo "study in $OUT: data1 $DATA1, data2 $DATA2, ${SIZE}x$SIZE, width $WIDTH, batch $BATCH_SIZE (KD $KD_BATCH_SIZE)," \
      "epochs teacher $EPOCHS_TEACHER / transfer $EPOCHS_TRANSFER / KD $EPOCHS_KD, alphas $ALPHAS," \
-     "${N_CRITIC:+n_critic $N_CRITIC, }$N_SAMPLES samples, FID dims $FID_DIMS, device $DEVICE$([[ $DEMO == 1 ]] && echo ', demo')"
+     "${VARIANTS:+transfer variants $VARIANTS, }${N_CRITIC:+n_critic $N_CRITIC, }$N_SAMPLES samples, FID dims $FID_DIMS, device $DEVICE$([[ $DEMO == 1 ]] && echo ', demo')"
 
 # FID files made with other settings are stale whatever their dates: drop them
-fid_settings="n_samples=$N_SAMPLES dims=$FID_DIMS kid=$KID_SUBSETS/$KID_SUBSET_SIZE weights=${WEIGHTS:-default}"
+fid_settings="n_samples=$N_SAMPLES n_thesis=$N_THESIS bootstrap=$BOOTSTRAP dims=$FID_DIMS kid=$KID_SUBSETS/$KID_SUBSET_SIZE weights=${WEIGHTS:-default}"
 stamp="$OUT/fid/settings.txt"
 if [[ -f "$stamp" && "$(cat "$stamp")" != "$fid_settings" ]]; then
     say "fid: settings changed ($(cat "$stamp") -> $fid_settings), redoing the statistics and FID files"
@@ -371,6 +423,11 @@ train full "$EPOCHS_TRANSFER" train_transfer.py --freeze-g 0 --freeze-d 0 --data
     $(eval_args 2 "$EPOCHS_TRANSFER")
 train transfer "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}" \
     $(eval_args 2 "$EPOCHS_TRANSFER")
+for v in "${VARIANT_LIST[@]}"; do
+    read -r -a vflags <<< "${VARIANT_FLAGS[$v]}"
+    train "$v" "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}" "${vflags[@]}" \
+        $(eval_args 2 "$EPOCHS_TRANSFER")
+done
 KD_STAGES=()
 kd_alpha=0.05
 [[ " ${ALPHA_LIST[*]} " == *" 0.05 "* ]] || kd_alpha="${ALPHA_LIST[0]}"
@@ -384,18 +441,20 @@ for a in "${ALPHA_LIST[@]}"; do
         $([[ "$a" == "$kd_alpha" ]] && eval_args 1 "$EPOCHS_KD")
 done
 
-for stage in teacher full transfer "${KD_STAGES[@]}"; do samples "$stage"; done
-ref_samples teacher
-fid teacher "$OUT/samples/teacher" "$OUT/fid/ref_data1.npz"
-fid full "$OUT/samples/full" "$OUT/fid/ref_data2.npz"
-fid transfer "$OUT/samples/transfer" "$OUT/fid/ref_data2.npz"
+DATA2_STAGES=(full transfer "${VARIANT_LIST[@]}")
+ALL_STAGES=(teacher "${DATA2_STAGES[@]}" "${KD_STAGES[@]}")
+for stage in "${ALL_STAGES[@]}"; do samples "$stage"; done
+for stage in "${ALL_STAGES[@]}"; do gen_stats "$stage"; done
+score teacher ref_data1
+fid teacher_vs_data2 "$OUT/fid/gen_teacher.npz" "$OUT/fid/ref_data2.npz"  # where every transfer starts
+for stage in "${DATA2_STAGES[@]}"; do score "$stage" ref_data2; done
 for stage in "${KD_STAGES[@]}"; do
-    fid "$stage" "$OUT/samples/$stage" "$OUT/fid/ref_data1.npz"
-    fid "${stage}_vs_teacher" "$OUT/samples/$stage" "$OUT/fid/ref_teacher.npz"
+    score "$stage" ref_data1
+    fid "${stage}_vs_teacher" "$OUT/fid/gen_$stage.npz" "$OUT/fid/gen_teacher.npz"
 done
 flush
 
 # the report is always rewritten (a second or two): it reads everything above
 say "report: running"
-run "$PY" "$HERE/report.py" "$OUT" --alphas "$ALPHAS" --kd-alpha "$kd_alpha"
+run "$PY" "$HERE/report.py" "$OUT" --alphas "$ALPHAS" --kd-alpha "$kd_alpha" --variants "${VARIANT_LIST[*]}"
 echo "study done in $(( SECONDS - T_START )) s: $OUT/report/report.md"

@@ -93,7 +93,13 @@ THESIS = {
 }
 THESIS_KD = {"sec": 34, "mem_gb": 1.89, "size_mb": 38}
 STAGE_LABEL = {"teacher": "model 1 (teacher, data 1)", "full": "model 2, full training (data 2)",
-               "transfer": "model 2, transfer learning (data 2)"}
+               "transfer": "model 2, transfer learning (data 2): the thesis' freezing",
+               "freezed": "transfer: FreezeD (all of G, critic layer1-2 frozen)",
+               "g_image": "transfer: G's image-side blocks frozen instead",
+               "warmup": "transfer: thesis' freezing + critic warm-up",
+               "ema_init": "transfer: thesis' freezing + start from the teacher's EMA",
+               "finetune_all": "transfer: nothing frozen, lr 5e-5",
+               "recipe": "transfer: G layer1-2 + critic layer1-2 frozen, warm-up, EMA start, lr 5e-5"}
 MISSING = "—"
 
 
@@ -188,7 +194,13 @@ def find_kd_stages(runs_dir):
     return found
 
 
-def load_runs(runs_dir, alphas=None):
+def _thesis_count_fid(runs_dir, stage, warnings):
+    """fid/<stage>_n<M>.json (the FID of the first M images per side, experiments.sh --n-thesis), or None."""
+    found = sorted(glob.glob(os.path.join(glob.escape(runs_dir), "fid", f"{glob.escape(stage)}_n[0-9]*.json")))
+    return _read_json(found[0], warnings, stage) if found else None
+
+
+def load_runs(runs_dir, alphas=None, variants=()):
     """Everything the tables need from a study directory.
 
     Returns {"root", "stages": {stage: {"summary", "fid", "fid_teacher", "alpha"}}, "kd": [(alpha, stage)],
@@ -204,10 +216,11 @@ def load_runs(runs_dir, alphas=None):
     kd = [(a, found.get(a, kd_stage(a))) for a in alphas]
     warnings = []
     stages = {}
-    for stage, alpha in [("teacher", None), ("full", None), ("transfer", None)] + [(s, a) for a, s in kd]:
+    data2 = ["full", "transfer"] + [v for v in variants if v not in ("full", "transfer")]
+    for stage, alpha in [("teacher", None)] + [(s, None) for s in data2] + [(s, a) for a, s in kd]:
         rec = {"alpha": alpha, "summary": _read_json(os.path.join(runs_dir, stage, "summary.json"), warnings, stage),
                "fid": _read_json(os.path.join(runs_dir, "fid", f"{stage}.json"), warnings, stage),
-               "fid_teacher": None}
+               "fid_thesis_count": _thesis_count_fid(runs_dir, stage, warnings), "fid_teacher": None}
         if alpha is not None:
             rec["fid_teacher"] = _read_json(os.path.join(runs_dir, "fid", f"{stage}_vs_teacher.json"), warnings, stage)
         stages[stage] = rec
@@ -221,7 +234,9 @@ def load_runs(runs_dir, alphas=None):
             missing.append(f"fid/{stage}_vs_teacher.json")
         if missing:
             warnings.append(f"{stage}: missing {', '.join(missing)}; its cells show {MISSING}")
-    return {"root": runs_dir, "stages": stages, "kd": kd, "warnings": warnings}
+    untouched = _read_json(os.path.join(runs_dir, "fid", "teacher_vs_data2.json"), warnings, "teacher")
+    return {"root": runs_dir, "stages": stages, "kd": kd, "data2": data2, "teacher_vs_data2": untouched,
+            "warnings": warnings}
 
 
 def _get(d, *keys):
@@ -240,10 +255,36 @@ def _gb(summary, key):
 def _row_values(rec):
     """The measured values of one stage (None where missing)."""
     s = rec["summary"]
+    iters, sec = _get(s, "args", "iters_per_epoch"), _get(s, "sec_per_epoch")
+    sec_update = sec / iters if sec and iters else None
+    trainable = [_get(s, k) for k in ("trainable_g", "trainable_d")]
+    total = [_get(s, k) for k in ("params_g", "params_d")]
     return {"fid": _get(rec["fid"], "fid"), "kid": _get(rec["fid"], "kid_mean"), "kid_std": _get(rec["fid"], "kid_std"),
-            "fid_teacher": _get(rec["fid_teacher"], "fid"), "sec": _get(s, "sec_per_epoch"), "epochs": _get(s, "epochs"),
+            "fid_std": _get(rec["fid"], "fid_bootstrap_std"), "n": _get(rec["fid"], "n_a"),
+            "fid_thesis_count": _get(rec.get("fid_thesis_count"), "fid"),
+            "n_thesis_count": _get(rec.get("fid_thesis_count"), "n_a"),
+            "fid_teacher": _get(rec["fid_teacher"], "fid"), "sec": sec, "epochs": _get(s, "epochs"),
+            "updates": _get(s, "steps"), "sec_update": sec_update,
+            "images_per_s": _get(s, "global_batch") / sec_update if sec_update and _get(s, "global_batch") else None,
+            "train_min": _get(s, "train_sec") / 60 if _get(s, "train_sec") else None,
+            "trainable": sum(trainable) if None not in trainable else None,
+            "frozen": sum(total) - sum(trainable) if None not in trainable + total else None,
             "mem_device_gb": _gb(s, "peak_mem_mb"), "mem_tensor_gb": _gb(s, "peak_tensor_mb"),
-            "size_mb": _get(s, "generator_mb")}
+            "mem_tensor_mb": _get(s, "peak_tensor_mb"), "size_mb": _get(s, "generator_mb")}
+
+
+def verdict(v, ref):
+    """How a data-2 run compares with from-scratch training: 'better by X%' / 'worse by X%' when the FID
+    difference exceeds twice the combined bootstrap std (sqrt(std_1^2 + std_2^2)), else 'tie'."""
+    if v["fid"] is None or ref["fid"] is None:
+        return None
+    if v["fid_std"] is None or ref["fid_std"] is None:
+        return f"{format_delta(delta_fid_percent(v['fid'], ref['fid']))}% (no noise estimate)"
+    diff = ref["fid"] - v["fid"]
+    noise = 2 * math.hypot(v["fid_std"], ref["fid_std"])
+    if abs(diff) <= noise:
+        return f"tie (|Δ| {abs(diff):.1f} ≤ {noise:.1f})"
+    return f"{'better' if diff > 0 else 'worse'} by {abs(diff) / ref['fid'] * 100:.1f}% (|Δ| {abs(diff):.1f} > {noise:.1f})"
 
 
 # ----------------------------------------------------------------------------- tables
@@ -287,18 +328,58 @@ MEM_NOTE = ("memory: \"device peak\" = `peak_mem_mb` (on CUDA the allocator's pe
 
 
 def table_3_1(runs):
-    """Table 3.1, transfer learning: model 1 (teacher), model 2 full, model 2 transfer."""
+    """Table 3.1, transfer learning: model 1 (teacher), the teacher untouched on data 2, model 2 full, model 2
+    transfer (the thesis' freezing) and every transfer variant of the study."""
+    stages = runs["stages"]
+    full = _row_values(stages["full"])
+    n = next((v["n"] for v in map(_row_values, stages.values()) if v["n"]), None)
+    m = next((v["n_thesis_count"] for v in map(_row_values, stages.values()) if v["n_thesis_count"]), None)
     t = Table("table3_1", "Table 3.1 — transfer learning", [
-        ("model", ["model"]), ("epochs (ours)", ["epochs"]), ("FID (ours)", ["fid"]), ("FID (thesis)", ["fid_thesis"]),
-        ("KID (ours)", ["kid_mean", "kid_std"]), ("sec/epoch (ours)", ["sec_per_epoch"]),
-        ("sec/epoch (thesis)", ["sec_per_epoch_thesis"])] + MEM_COLUMNS,
-        notes=["FID and KID of model 1 vs dataset 1, of both models 2 vs dataset 2.", MEM_NOTE])
-    for stage in ("teacher", "full", "transfer"):
-        v, th = _row_values(runs["stages"][stage]), THESIS[stage]
-        t.add([_text(STAGE_LABEL[stage]), _text(v["epochs"]), _cell(fmt_fixed(2), v["fid"]),
-               _cell(fmt_thesis, th["fid"]), _kid_cell(v["kid"], v["kid_std"]), _cell(fmt_sig, v["sec"]),
-               _cell(fmt_thesis, th["sec"]), _cell(fmt_sig, v["mem_device_gb"]), _cell(fmt_sig, v["mem_tensor_gb"]),
-               _cell(fmt_thesis, th["mem_gb"])])
+        ("model", ["model"]), ("generator updates", ["updates"]),
+        ("trainable / frozen params (G+D)", ["trainable_params", "frozen_params"]),
+        (f"FID@{n or 'N'} ± std (ours)", ["fid", "fid_std"]), (f"FID@{m or 'M'} (ours)", ["fid_thesis_count"]),
+        ("FID (thesis)", ["fid_thesis"]), ("KID (ours)", ["kid_mean", "kid_std"]),
+        ("vs full training (ours)", ["vs_full"]),
+        ("tensor peak MB (ours)", ["peak_tensor_mb"]), ("tensor peak vs full", ["peak_tensor_vs_full"]),
+        ("device peak GB (ours)", ["mem_gb_device"]), ("memory GB (thesis)", ["mem_gb_thesis"]),
+        ("sec/update (ours)", ["sec_per_update"]), ("images/s (ours)", ["images_per_s"]),
+        ("minutes (ours)", ["train_min"]), ("sec/epoch (thesis)", ["sec_per_epoch_thesis"])],
+        notes=[f"FID@{n or 'N'}: all samples of a model vs as many real images of its data, ± the std of FID over "
+               "bootstrap resamples of the samples; FID@M: the first M per side (the thesis' protocol, 500). KID: "
+               "mean ± std over subsets. Model 1 is scored against data 1, every other row against data 2.",
+               "vs full training: better / worse when the FID difference exceeds twice the combined bootstrap std, "
+               "else a tie.",
+               "tensor peak: parameters + gradients + optimizer state + saved activations of training (the "
+               "evaluator's Inception is loaded after the measured iterations); device peak: the process' peak "
+               "RSS on a CPU (Python and torch included), the allocator's peak on CUDA, training iterations only.",
+               "sec/update: one generator update with its critic updates (median epoch / updates per epoch); "
+               "images/s: generated images per second of training; minutes: training time, evaluations excluded.",
+               "The thesis' epochs are 25 generator + 200 critic updates, at 128x128, width 1, on a GPU."])
+
+    def add(label, v, th, vs_full):
+        ratio = v["mem_tensor_mb"] / full["mem_tensor_mb"] if v["mem_tensor_mb"] and full["mem_tensor_mb"] else None
+        t.add([_text(label), _text(v.get("updates")),
+               (MISSING if v.get("trainable") is None else f"{v['trainable']:,} / {v['frozen']:,}",
+                ["" if v.get("trainable") is None else v["trainable"], "" if v.get("frozen") is None else v["frozen"]]),
+               (MISSING if v["fid"] is None else f"{v['fid']:.2f}" + (f" ± {v['fid_std']:.2f}" if v.get("fid_std") else ""),
+                ["" if v["fid"] is None else f"{v['fid']:.2f}", "" if not v.get("fid_std") else f"{v['fid_std']:.2f}"]),
+               _cell(fmt_fixed(1), v.get("fid_thesis_count")), _cell(fmt_thesis, th.get("fid")),
+               _kid_cell(v["kid"], v["kid_std"]), _text(vs_full),
+               _cell(fmt_sig, v.get("mem_tensor_mb")), _cell(lambda r: MISSING if r is None else f"{r:.2f}x", ratio),
+               _cell(fmt_sig, v.get("mem_device_gb")), _cell(fmt_thesis, th.get("mem_gb")),
+               _cell(fmt_sig, v.get("sec_update")), _cell(fmt_sig, v.get("images_per_s")),
+               _cell(fmt_fixed(1), v.get("train_min")), _cell(fmt_thesis, th.get("sec"))])
+
+    add(STAGE_LABEL["teacher"], _row_values(stages["teacher"]), THESIS["teacher"], None)
+    u = runs.get("teacher_vs_data2")
+    if u:
+        add("model 1 untouched, scored on data 2 (where transfer starts)",
+            {"fid": u.get("fid"), "fid_std": None, "kid": u.get("kid_mean"), "kid_std": u.get("kid_std"),
+             "mem_tensor_mb": None}, {}, None)
+    for stage in runs["data2"]:
+        v = _row_values(stages[stage])
+        add(STAGE_LABEL.get(stage, f"transfer: {stage}"), v, THESIS.get(stage, {}),
+            None if stage == "full" else verdict(v, full))
     return t
 
 
@@ -670,10 +751,10 @@ def _settings_lines(runs):
     return lines
 
 
-def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05):
+def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05, variants=()):
     """Tables, CSVs and figures for `runs_dir` into `out` (default runs_dir/report); returns the report dict."""
     out = out or os.path.join(runs_dir, "report")
-    runs = load_runs(runs_dir, alphas)
+    runs = load_runs(runs_dir, alphas, variants)
     tables = [table_3_1(runs), table_3_2(runs), table_3_3(runs, kd_alpha)]
     try:
         os.makedirs(out, exist_ok=True)
@@ -744,8 +825,11 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="output folder; if not given, RUNS_DIR/report")
     p.add_argument("--alphas", default=None, help="KD rows, e.g. \"0.3 0.05\"; if not given, the thesis' four and any other kd_a* found")
     p.add_argument("--kd-alpha", type=float, default=0.05, help="the KD run in Table 3.3 (0.05 was the thesis' best)")
+    p.add_argument("--variants", default="", help="transfer variant stages to add to Table 3.1, e.g. \"recipe warmup\" "
+                   "(experiments.sh --variants)")
     args = p.parse_args(argv)
-    result = write_report(args.runs_dir, args.out, _alphas(args.alphas) if args.alphas else None, args.kd_alpha)
+    result = write_report(args.runs_dir, args.out, _alphas(args.alphas) if args.alphas else None, args.kd_alpha,
+                          args.variants.split())
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {os.path.join(result['out'], 'report.md')}, table3_1.csv, table3_2.csv, table3_3.csv and figures")

@@ -307,7 +307,7 @@ def test_channels_last_gives_the_same_features_up_to_rounding(cli, folders, weig
     feats = cf.get_activations(folders["b"], fast, device="cpu", num_workers=0)
     with np.load(cli["b_npz"]) as f:
         np.testing.assert_allclose(feats, f["features"], rtol=1e-4, atol=1e-5)
-    assert cli["result"]["channels_last"] is False  # off unless asked for
+    assert cli["result"]["channels_last"] is True  # the command line's default
 
 
 def test_mixed_sizes_work_and_match_one_image_batches(folders, model):
@@ -576,3 +576,29 @@ def test_score_of_features_equals_compute_against_the_npz(cli, folders, model):
     assert r["kid_mean"] == pytest.approx(cli["result"]["kid_mean"], rel=1e-6)
     assert r["kid_std"] == pytest.approx(cli["result"]["kid_std"], rel=1e-6) and r["kid_std"] > 0
     assert cf.score(feats, dict(ref, features=None))["kid_mean"] is None
+
+
+def test_max_images_of_an_npz_equals_the_same_subset_of_the_folder(cli, folders, model):
+    """FID@M from cached N-image statistics: the same rows as `--max-images M` of the folder's files."""
+    m = N // 2
+    from_npz = cf.compute(folders["a"], cli["b_npz"], model=model, device="cpu", dims=DIMS, max_images=m)
+    from_folder = cf.compute(folders["a"], folders["b"], model=model, device="cpu", dims=DIMS, max_images=m)
+    assert from_npz["n_b"] == from_folder["n_b"] == m
+    assert from_npz["fid"] == pytest.approx(from_folder["fid"], rel=1e-4)
+    assert from_npz["fid"] != pytest.approx(cli["result"]["fid"], rel=1e-3)  # a subset, not the whole file
+
+
+def test_bootstrap_std_is_the_spread_of_resampled_fids():
+    rng = np.random.RandomState(0)
+    a = dict(features=rng.randn(200, 8), mu=None, sigma=None)
+    b_feats = rng.randn(200, 8) + 0.5
+    mu, sigma = cf.statistics(b_feats)
+    b = dict(mu=mu, sigma=sigma)
+    std = cf.bootstrap_fid(a, b, rounds=30, seed=1)
+    # the same resamples by hand
+    r = np.random.RandomState(1)
+    values = [cf.frechet_distance(*cf.statistics(a["features"][r.randint(0, 200, 200)]), mu, sigma) for _ in range(30)]
+    assert std == pytest.approx(np.std(values, ddof=1), rel=1e-12) and std > 0
+    # more images, less noise
+    big = dict(features=rng.randn(3200, 8))
+    assert cf.bootstrap_fid(big, b, rounds=30, seed=1) < std / 2

@@ -121,19 +121,45 @@ def thesis_report(tmp_path):
 def test_table_3_1_exact_rows(thesis_report):
     result, out = thesis_report
     assert md_rows(result["markdown"], "Table 3.1") == [
-        "| model 1 (teacher, data 1) | 4000 | 63.95 | 63.95 | 0.0500 ± 0.0020 | 59.5 | 59.5 | 4.03 | 2.00 | 4.03 |",
-        "| model 2, full training (data 2) | 1000 | 114.58 | 114.58 | 0.0123 ± 0.0011 | 59.8 | 59.8 | 4.03 | 2.00 | 4.03 |",
-        "| model 2, transfer learning (data 2) | 1000 | 127.52 | 127.517 | 0.0123 ± 0.0011 | 46.2 | 46.2 | 1.45 | 0.500 | 1.45 |",
+        "| model 1 (teacher, data 1) | 100000 | — | 63.95 | — | 63.95 | 0.0500 ± 0.0020 | — | 2048 | 1.00x | 4.03 | 4.03 | 2.38 | — | — | 59.5 |",
+        "| model 2, full training (data 2) | 25000 | — | 114.58 | — | 114.58 | 0.0123 ± 0.0011 | — | 2048 | 1.00x | 4.03 | 4.03 | 2.39 | — | — | 59.8 |",
+        "| model 2, transfer learning (data 2): the thesis' freezing | 25000 | — | 127.52 | — | 127.517 | 0.0123 ± 0.0011 | -11.2% (no noise estimate) | 512 | 0.25x | 1.45 | 1.45 | 1.85 | — | — | 46.2 |",
     ]
-    header = [ln for ln in result["markdown"].splitlines() if ln.startswith("| model | epochs")][0]
-    assert "memory GB, device peak (ours)" in header and "memory GB, tensors (ours)" in header
+    header = [ln for ln in result["markdown"].splitlines() if ln.startswith("| model | generator updates")][0]
+    assert "device peak GB (ours)" in header and "tensor peak MB (ours)" in header and "FID@500 ± std" in header
     rows = read_csv(out / "table3_1.csv")
     assert [r["fid"] for r in rows] == ["63.95", "114.58", "127.52"]
     assert [r["fid_thesis"] for r in rows] == ["63.95", "114.58", "127.517"]
     assert rows[0]["kid_mean"] == "0.0500" and rows[0]["kid_std"] == "0.0020"
     assert [r["mem_gb_device"] for r in rows] == ["4.03", "4.03", "1.45"]
-    assert [r["mem_gb_tensors"] for r in rows] == ["2.00", "2.00", "0.500"]
+    assert [r["peak_tensor_vs_full"] for r in rows] == ["1.00x", "1.00x", "0.25x"]
+    assert [r["sec_per_update"] for r in rows] == ["2.38", "2.39", "1.85"]  # sec/epoch / 25 updates
     assert [r["sec_per_epoch_thesis"] for r in rows] == ["59.5", "59.8", "46.2"]
+
+
+def test_table_3_1_variants_noise_and_thesis_count(tmp_path):
+    """A variant row, the bootstrap verdict against full training, FID of the thesis' 500 and the untouched teacher."""
+    study = dict(THESIS_STUDY)
+    params = dict(params_g=1000, params_d=200, trainable_g=1000, trainable_d=200)
+    study["full"] = (summary(60, 25.0, 1.0, 0.04, 4.2, train_sec=1500.0, global_batch=32, **params),
+                     dict(fid_json(200.0), fid_bootstrap_std=2.0, n_a=2000), None)
+    study["recipe"] = (summary(60, 20.0, 1.0, 0.018, 4.2, train_sec=1200.0, global_batch=32, params_g=1000,
+                               params_d=200, trainable_g=100, trainable_d=50),
+                       dict(fid_json(150.0), fid_bootstrap_std=1.5, n_a=2000), None)
+    study["warmup"] = (summary(60, 20.0, 1.0, 0.018, 4.2, **params), dict(fid_json(205.0), fid_bootstrap_std=2.5), None)
+    root = make_study(tmp_path / "study", study)
+    write_json(os.path.join(root, "fid", "recipe_n500.json"), fid_json(170.3))
+    write_json(os.path.join(root, "fid", "teacher_vs_data2.json"), fid_json(210.0, 0.2, 0.01))
+    result = report.write_report(root, str(tmp_path / "report"), variants=["recipe", "warmup"])
+    rows = md_rows(result["markdown"], "Table 3.1")
+    assert len(rows) == 6 and rows[1].startswith("| model 1 untouched, scored on data 2") and "210.00" in rows[1]
+    full, recipe, warmup = rows[2], rows[4], rows[5]
+    assert "| 200.00 ± 2.00 |" in full
+    # recipe: 50 better than 200 with noise 2 * hypot(1.5, 2) = 5.0; 0.018 / 0.04 of full's tensor peak
+    assert "| 1500 | 150 / 1,050 | 150.00 ± 1.50 | 170.3 |" in recipe
+    assert "better by 25.0% (\\|Δ\\| 50.0 > 5.0)" in recipe and "| 0.45x |" in recipe
+    assert "| 0.800 | 40.0 | 20.0 |" in recipe  # sec/update 20/25, images/s 32/0.8, minutes 1200/60
+    assert "tie (\\|Δ\\| 5.0 ≤ 6.4)" in warmup  # 2 * hypot(2.5, 2) = 6.40
 
 
 def test_table_3_2_exact_rows(thesis_report):
@@ -189,7 +215,7 @@ def test_missing_stage_shows_dash_and_warns(tmp_path, capsys):
     report.main([runs, "--out", str(out)])
     md = (out / "report.md").read_text(encoding="utf-8")
     t1 = md_rows(md, "Table 3.1")
-    assert t1[2] == "| model 2, transfer learning (data 2) | — | — | 127.517 | — | — | 46.2 | — | — | 1.45 |"
+    assert t1[2] == "| model 2, transfer learning (data 2): the thesis' freezing | — | — | — | — | 127.517 | — | — | — | — | — | 1.45 | — | — | — | 46.2 |"
     t2 = md_rows(md, "Table 3.2")
     assert t2[2] == "| KD 3 | 0.01 | 1000 | — | 68.57 | — | 31.06 | — | 34.0 | 34 | 1.89 | 0.750 | 1.89 |"
     t3 = md_rows(md, "Table 3.3")
