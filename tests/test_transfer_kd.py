@@ -748,3 +748,51 @@ def test_kd_cli_missing_default_teacher(tmp_path):
     line = assert_cli_one_line_error(r)
     assert line.startswith("error:") and train_kd.DEFAULT_TEACHER in line and "--teacher" in line
     assert r.returncode == 2 and r.stdout == ""
+
+
+# ---------------------------------------------------------------------------- transfer recipes
+
+def test_freezing_from_the_image_side_trains_the_z_side_and_passes_gradients_through():
+    G = arch.Generator(img_size=SIZE, width=WIDTH)
+    names = arch.freeze_layers(G, 2, from_output=True)
+    assert names == arch.freezable_layers(G)[-2:] == ["layer3", "final"]
+    G.train()
+    assert not G.layer3[1].training and G.layer1[1].training  # frozen BatchNorm keeps the teacher's statistics
+    G(torch.randn(4, 100, 1, 1)).square().mean().backward()
+    for name, p in G.named_parameters():
+        if name.split(".")[0] in names:
+            assert p.grad is None and not p.requires_grad
+        else:  # the trainable z side gets its gradient through the frozen image side
+            assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_init_g_ema_starts_from_the_teachers_moving_average(teacher_run, tmp_path):
+    out = tmp_path / "ema_init"
+    train_transfer.main(transfer_argv(out, "--init", teacher_run, "--init-g", "ema", "--freeze-g", 2, "--freeze-d", 2,
+                                      "--epochs", 1, "--iters-per-epoch", 1))
+    teacher, run = load_ckpt(teacher_run), load_ckpt(out)
+    frozen = [k for k in run["G"]["state_dict"] if k.startswith(("layer1.", "layer2."))]
+    assert frozen and any(not torch.equal(teacher["G"]["state_dict"][k], teacher["G_ema"]["state_dict"][k])
+                          for k in frozen)  # the two starting points differ, so the test can tell them apart
+    for k in frozen:  # frozen blocks (fp32 storage) keep exactly the weights the run started from
+        assert torch.equal(run["G"]["state_dict"][k], teacher["G_ema"]["state_dict"][k]), k
+    assert load_summary(out)["init_g"] == "ema"
+
+
+def test_init_g_ema_without_an_average_is_one_line(tmp_path, capsys):
+    teacher = tmp_path / "no_ema"
+    train_wgan.main(["--data", "demo:cats:64", *TINY, *FAST, "--epochs", "1", "--ema", "0", "--out", str(teacher)])
+    line = one_line_error(capsys, train_transfer.main, transfer_argv(tmp_path / "t", "--init", teacher, "--init-g", "ema",
+                                                                     *QUICK_TRANSFER))
+    assert "--init-g ema" in line and "moving average" in line
+    assert not (tmp_path / "t" / "ckpt.pt").exists()
+
+
+def test_critic_warmup_takes_more_critic_steps_for_the_first_generator_updates(tmp_path):
+    out = tmp_path / "warmup"
+    train_wgan.main(["--data", "demo:cats:64", *TINY, "--batch-size", "8", "--n-critic", "2", "--iters-per-epoch", "3",
+                     "--epochs", "1", "--warmup-iters", "2", "--warmup-n-critic", "3", "--out", str(out)])
+    ckpt = load_ckpt(out)
+    d_steps = {float(s["step"]) for s in ckpt["opt_d"]["state"].values()}
+    g_steps = {float(s["step"]) for s in ckpt["opt_g"]["state"].values()}
+    assert d_steps == {2 * 3 + 1 * 2} and g_steps == {3}  # 2 warm-up updates of 3 critic steps, then 1 of 2
