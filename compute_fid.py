@@ -3,8 +3,9 @@
 Standalone: needs only torch, numpy, scipy, pillow and pytorch-fid (which brings torchvision); copy it anywhere.
 
 Same numbers as pytorch-fid (`python -m pytorch_fid A B`): its image reading (sorted `*.png|jpg|...` of the
-folder, PIL -> RGB -> [0, 1]), its batching, its FID Inception network (its public `InceptionV3`: resize to 299
-and scaling to [-1, 1] inside), its pool3 features and its `calculate_frechet_distance`. On top of that:
+folder, PIL -> RGB -> [0, 1]), its batching, its FID Inception network (the blocks and forward of its public
+`InceptionV3`: resize to 299 and scaling to [-1, 1] inside), its pool3 features and its
+`calculate_frechet_distance`. On top of that:
 - KID (Binkowski et al. 2018), the unbiased MMD^2 with the cubic polynomial kernel, as in their code,
   torch-fidelity and clean-fid; printed unscaled (x1, not x1000). FID is strongly biased at 500 images (it
   shrinks as N grows), KID is not, so KID is the one to compare across sample sizes. Subsets: `--kid-subsets`
@@ -52,7 +53,6 @@ import pathlib
 import sys
 import time
 import warnings
-from unittest import mock
 
 import numpy as np
 import torch
@@ -94,8 +94,8 @@ def hub_weights_path():
 
 
 def fid_inception_v3_arch():
-    """pytorch-fid's `fid_inception_v3()` network with random weights instead of the download (tests use it to
-    make weight files): torchvision's Inception v3, 1008 classes, no aux head, with pytorch-fid's FID blocks."""
+    """pytorch-fid's `fid_inception_v3()` network before it loads the weights it downloads: torchvision's
+    Inception v3, 1008 classes, no aux head, with pytorch-fid's FID blocks (weights uninitialised)."""
     import torchvision  # pytorch-fid's own dependency; only this helper needs it directly
 
     net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
@@ -151,22 +151,43 @@ def load_inception(weights=None, device="cpu", dims=2048, channels_last=False):
     if dims not in DIMS:
         raise UserError(f"--dims must be one of {', '.join(map(str, DIMS))}, got {dims}")
     path = _hub_weights() if weights is None else os.fspath(weights)
-    state = read_state_dict(path)
-    # The public class fetches its weights through load_state_dict_from_url (download or hub cache): hand it
-    # the file read above instead. It loads them strictly, so a file with other keys or shapes fails here.
+    net = fid_inception_v3_arch()
     try:
-        with mock.patch.object(pfi, "load_state_dict_from_url", lambda *args, **kwargs: state):
-            model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[dims]])
+        net.load_state_dict(read_state_dict(path))  # strictly, as pytorch-fid: other keys or shapes fail here
     except RuntimeError as e:  # "Error(s) in loading state_dict for Inception3:" + a line per kind of problem
         detail = _one_line(str(e).split("\n", 1)[-1])
         raise UserError(f"{path} does not hold the FID Inception weights (pytorch-fid's {WEIGHTS_NAME}): "
                         f"{detail}") from None
-    model = model.eval().to(device)
+    model = FIDInceptionV3(net, pfi.InceptionV3.BLOCK_INDEX_BY_DIM[dims]).eval().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.weights_path = os.path.abspath(path)
     model.channels_last = channels_last
     return model
+
+
+class FIDInceptionV3(torch.nn.Module):
+    """pytorch-fid's `InceptionV3` feature extractor around a loaded `fid_inception_v3_arch()` network: the same
+    blocks under the same names, the same forward, up to the block whose features it returns (0: 64-dim, 1: 192,
+    2: 768, 3: 2048). Its public class would fetch its weights itself (download or hub cache); this takes them."""
+
+    def __init__(self, net, block):
+        super().__init__()
+        blocks = [[net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, torch.nn.MaxPool2d(kernel_size=3, stride=2)],
+                  [net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, torch.nn.MaxPool2d(kernel_size=3, stride=2)],
+                  [net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d,
+                   net.Mixed_6e],
+                  [net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, torch.nn.AdaptiveAvgPool2d(output_size=(1, 1))]]
+        self.blocks = torch.nn.ModuleList(torch.nn.Sequential(*b) for b in blocks[:block + 1])
+        self.requires_grad_(False)
+
+    def forward(self, x):
+        """Images in [0, 1], (B, 3, H, W) -> [features (B, C, h, w) of the last block], as pytorch-fid returns them."""
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1  # [0, 1] -> [-1, 1], the range the network was trained on
+        for block in self.blocks:
+            x = block(x)
+        return [x]
 
 
 # ----------------------------------------------------------------------------- images -> features
