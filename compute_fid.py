@@ -573,14 +573,20 @@ def subsample_stats(stats, path, max_images=None, seed=0):
 def bootstrap_fid(a, b, rounds, seed=0):
     """Std of FID over `rounds` resamples (with replacement) of A's feature rows, B fixed: the part of FID's
     noise that comes from which images were generated. Two models whose FIDs differ by less than about twice
-    the combined std (sqrt(std_1^2 + std_2^2)) are a tie."""
+    the combined std (sqrt(std_1^2 + std_2^2)) are a tie.
+
+    Each resample's FID uses Tr((S_a S_b)^1/2) = sum sqrt(eig(S_b^1/2 S_a S_b^1/2)), a symmetric eigenproblem
+    (S_b^1/2 computed once): the same value as the matrix square root for covariances, ~10x faster."""
     if a["features"] is None:
         raise UserError("--bootstrap needs the features of A (an image folder, or an .npz saved by this tool)")
+    w, v = np.linalg.eigh(b["sigma"])
+    root_b = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     rng = np.random.RandomState(seed)
     values = []
     for _ in range(rounds):
         mu, sigma = statistics(a["features"][rng.randint(0, len(a["features"]), len(a["features"]))])
-        values.append(frechet_distance(mu, sigma, b["mu"], b["sigma"]))
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_b @ sigma @ root_b), 0, None)).sum()
+        values.append(float(((mu - b["mu"]) ** 2).sum() + np.trace(sigma) + np.trace(b["sigma"]) - 2 * cross))
     return float(np.std(values, ddof=1))
 
 

@@ -592,14 +592,13 @@ def test_max_images_of_an_npz_equals_the_same_subset_of_the_folder(cli, folders,
 def test_bootstrap_std_is_the_spread_of_resampled_fids():
     rng = np.random.RandomState(0)
     a = dict(features=rng.randn(200, 8), mu=None, sigma=None)
-    b_feats = rng.randn(200, 8) + 0.5
-    mu, sigma = cf.statistics(b_feats)
+    mu, sigma = cf.statistics(rng.randn(200, 8) * 1.5 + 0.5)
     b = dict(mu=mu, sigma=sigma)
     std = cf.bootstrap_fid(a, b, rounds=30, seed=1)
-    # the same resamples by hand
+    # the same resamples by hand, each FID with pytorch-fid's matrix square root
     r = np.random.RandomState(1)
     values = [cf.frechet_distance(*cf.statistics(a["features"][r.randint(0, 200, 200)]), mu, sigma) for _ in range(30)]
-    assert std == pytest.approx(np.std(values, ddof=1), rel=1e-12) and std > 0
+    assert std == pytest.approx(np.std(values, ddof=1), rel=1e-6) and std > 0
     # more images, less noise
     big = dict(features=rng.randn(3200, 8))
     assert cf.bootstrap_fid(big, b, rounds=30, seed=1) < std / 2
