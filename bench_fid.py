@@ -6,14 +6,20 @@ thesis' 500 vs 500), copied into a temp folder. Each round runs, one after the o
   2. python compute_fid.py A B             FID + KID
   3. python compute_fid.py --save-stats B B.npz   cache the reference side once
   4. python compute_fid.py A B.npz         FID + KID against the cache: only A goes through Inception
-  5. python compute_fid.py A B --channels-last   FID + KID in NHWC layout: faster on an idle CPU, FID equal
-                                           only up to float rounding (shown, not required to be identical)
+  5. python compute_fid.py A B --no-channels-last   FID + KID in pytorch-fid's NCHW layout: its bits exactly
+                                           (the default NHWC layout equals it to float rounding, shown)
 Rounds repeat --repeats times, interleaved, so a machine that gets busier part-way slows every command alike,
 and 1 and 2 swap places every other round (on a shared machine whose load drifts, going first is not neutral);
 the table shows medians. All are separate processes timed by wall clock (imports and model loading included).
 
+--layouts instead compares, in one process, the Inception of the training-time evaluator and of
+compute_fid.py in three forms on the same images: NCHW fp32 (pytorch-fid's), NHWC fp32 (the default) and
+NHWC under bf16 autocast (`--eval-fast`): images/s (median of interleaved rounds), the largest relative
+feature difference and the FID of A against B for each.
+
 Examples:
     python bench_fid.py                                   # 500 cats vs 500 dogs, 3 rounds, CPU
+    python bench_fid.py --layouts --n 500 --repeats 3     # Inception layouts and precisions
     python bench_fid.py --n 200 --repeats 1               # quicker
     python bench_fid.py --a samples/model1 --b data/real_500 --device cuda
 """
@@ -62,6 +68,38 @@ def timed(cmd):
     return seconds, proc.stdout
 
 
+def compare_layouts(args):
+    """NCHW fp32 vs NHWC fp32 vs NHWC bf16 on the same images of A, each scored against B."""
+    import numpy as np
+    import torch
+    import compute_fid as cf
+    files_a = cf.subsample(cf.list_images(args.a or args.src_a), args.n, args.seed)
+    files_b = cf.subsample(cf.list_images(args.b or args.src_b), args.n, args.seed)
+    images = torch.stack([torch.from_numpy(np.array(cf.read_rgb(f))).permute(2, 0, 1) for f in files_a])
+    exact = cf.load_inception(device=args.device)
+    ref = cf.folder_stats(files_b, exact, device=args.device, num_workers=0, quiet=True)
+    modes = {"NCHW fp32 (pytorch-fid)": (exact, False),
+             "NHWC fp32 (default)": (cf.load_inception(device=args.device, channels_last=True), False),
+             "NHWC bf16 (--eval-fast)": (cf.load_inception(device=args.device, channels_last=True), True)}
+    speeds, feats = {k: [] for k in modes}, {}
+    print(f"{len(images)} images of {args.a or args.src_a} vs {len(files_b)} of {args.b or args.src_b}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    for r in range(args.repeats):
+        for name, (model, bf16) in modes.items():
+            t0 = time.perf_counter()
+            with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=bf16):
+                feats[name] = cf.image_features(images, model, device=args.device)
+            speeds[name].append(len(images) / (time.perf_counter() - t0))
+    print("| Inception | images/s (median) | max relative feature difference | FID A vs B | FID difference |\n|---|---|---|---|---|")
+    base = feats["NCHW fp32 (pytorch-fid)"]
+    fid0 = cf.score(base, ref)["fid"]
+    for name in modes:
+        rel = float(np.abs(feats[name] - base).max() / np.abs(base).max())
+        fid = cf.score(feats[name], ref)["fid"]
+        print(f"| {name} | {harness.median(speeds[name]):.2f} | {rel:.1e} | {fid:.6f} | {fid - fid0:+.2g} |")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
 def main():
     p = harness.ArgumentParser(prog="bench_fid.py", description=__doc__.split("\n\n")[0],
                               epilog=__doc__[__doc__.index("Examples:"):], formatter_class=HelpFormatter)
@@ -74,7 +112,10 @@ def main():
     p.add_argument("--repeats", type=harness.positive_int, default=3, help="rounds; medians are shown")
     p.add_argument("--device", default="cpu", help="passed to both tools")
     p.add_argument("--workdir", help="keep the copies and outputs here (None: a temp folder, removed)")
+    p.add_argument("--layouts", action="store_true", help="compare Inception layouts/precisions in one process instead")
     args = p.parse_args()
+    if args.layouts:
+        return compare_layouts(args)
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_fid_")
     os.makedirs(work, exist_ok=True)
@@ -92,7 +133,7 @@ def main():
             ("`compute_fid.py A B` (FID + KID)", [py, ours, a, b, "--json", js]),
             ("`compute_fid.py --save-stats B B.npz`", [py, ours, "--save-stats", b, npz]),
             ("`compute_fid.py A B.npz` (FID + KID)", [py, ours, a, npz, "--json", js_cached]),
-            ("`compute_fid.py A B --channels-last` (FID + KID)", [py, ours, a, b, "--channels-last", "--json", js_cl]),
+            ("`compute_fid.py A B --no-channels-last` (FID + KID)", [py, ours, a, b, "--no-channels-last", "--json", js_cl]),
         ]
         for _, cmd in commands[1:]:  # every round rewrites the same outputs
             cmd += ["--device", args.device, "--overwrite", "--quiet"]
@@ -111,7 +152,7 @@ def main():
                     fids["pytorch_fid A B"] = float(match.group(1)) if match else float("nan")
                 elif k in (1, 3, 4):
                     with open({1: js, 3: js_cached, 4: js_cl}[k]) as f:
-                        fids[{1: "compute_fid A B", 3: "compute_fid A B.npz", 4: "channels-last"}[k]] = \
+                        fids[{1: "compute_fid A B", 3: "compute_fid A B.npz", 4: "no-channels-last"}[k]] = \
                             json.load(f)["fid"]
         print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
 
@@ -122,12 +163,12 @@ def main():
             print(f"| {name} | {med:.1f} | {med / base:.2f}x | {', '.join(f'{t:.1f}' for t in ts)} |")
         print()
         ref = fids["pytorch_fid A B"]
-        fast = fids.pop("channels-last")
+        exact = fids.pop("no-channels-last")
         agree = all(abs(v - ref) <= 1e-6 * max(1.0, abs(ref)) for v in fids.values())
         for name, value in fids.items():
-            print(f"FID {name}: {value!r}")
-        print("FIDs agree" if agree else "FIDs DISAGREE")
-        print(f"FID compute_fid A B --channels-last: {fast!r} (differs by {fast - ref:.2g}: float rounding)")
+            print(f"FID {name}: {value!r} (differs by {value - ref:.2g})")
+        print("FIDs agree to 1e-6 relative" if agree else "FIDs DISAGREE")
+        print(f"FID compute_fid A B --no-channels-last: {exact!r} (differs by {exact - ref:.2g})")
         if not agree:
             sys.exit(1)
     finally:

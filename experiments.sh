@@ -73,6 +73,7 @@ flags (each also read from the environment variable STUDY_<NAME in brackets>, e.
                             warmup        critic warm-up: 50 critic steps per generator step for the first 20
                             ema_init      G and its EMA start from the teacher's EMA weights, not its raw ones
                             finetune_all  nothing frozen, lr 5e-5 (fine-tuning everything at a low rate)
+                            low_lr        the thesis' freezing at lr 1e-5 (Wang et al. 2018's fine-tuning rate)
                             recipe        G layer1-2 and critic layer1-2 frozen + warmup + ema_init + lr 5e-5
   --n-samples N           images per model and per dataset for FID [N_SAMPLES] (2000; pytorch-fid's authors
                           advise >= 2048: FID is biased by the count)
@@ -202,9 +203,10 @@ declare -A VARIANT_FLAGS=(
     [warmup]="--warmup-iters 20 --warmup-n-critic 50"
     [ema_init]="--init-g ema"
     [finetune_all]="--freeze-g 0 --freeze-d 0 --lr 5e-5"
+    [low_lr]="--lr 1e-5"
     [recipe]="--freeze-g 2 --freeze-d 2 --init-g ema --warmup-iters 20 --warmup-n-critic 50 --lr 5e-5"
 )
-ALL_VARIANTS="recipe freezed g_image warmup ema_init finetune_all"
+ALL_VARIANTS="recipe freezed g_image warmup ema_init finetune_all low_lr"
 [[ "$VARIANTS" == all ]] && VARIANTS="$ALL_VARIANTS"
 read -r -a VARIANT_LIST <<< "$VARIANTS"
 for v in "${VARIANT_LIST[@]}"; do

@@ -99,6 +99,7 @@ STAGE_LABEL = {"teacher": "model 1 (teacher, data 1)", "full": "model 2, full tr
                "warmup": "transfer: thesis' freezing + critic warm-up",
                "ema_init": "transfer: thesis' freezing + start from the teacher's EMA",
                "finetune_all": "transfer: nothing frozen, lr 5e-5",
+               "low_lr": "transfer: thesis' freezing at lr 1e-5",
                "recipe": "transfer: G layer1-2 + critic layer1-2 frozen, warm-up, EMA start, lr 5e-5"}
 MISSING = "—"
 
