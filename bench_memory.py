@@ -9,9 +9,10 @@ rows) on random data in [-1, 1] (memory does not depend on the pixels), thesis a
     transfer bf16    the same, frozen weights stored in bf16 (train_transfer.py's default --frozen-dtype)
     KD fp32          train_kd.py: frozen teacher, GeneratorKD student, DC-GAN discriminator, teacher in fp32
     KD bf16          the same, teacher stored in bf16 (train_kd.py's default --teacher-dtype)
-The steps are the scripts' own (train_wgan.critic_step / generator_step, train_kd.discriminator_step /
-student_step, the teacher under inference_mode), autocast at --precision (the baseline always fp32), no EMA (the
-thesis had none; the scripts' --ema adds one generator copy).
+The iterations are the scripts' own (train_wgan.iteration: --n-critic critic steps and a generator step;
+train_kd.iteration: the teacher under inference_mode, a discriminator and a student step), autocast at
+--precision (the baseline always fp32), no DiffAugment, no EMA (the thesis had none; the scripts' --ema adds one
+generator copy).
 
 Memory (harness.MemoryMeter, over the first 3 iterations, the steady state included):
     peak tensors  device-independent: parameters and buffers (frozen ones and the teacher included), gradients,
@@ -34,6 +35,7 @@ no training script offers it, so a figure here would describe no configuration a
     python bench_memory.py --img-size 32 --width 0.125 --iters 1 --markdown   # a few seconds
 """
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -95,24 +97,15 @@ def worker(args):
     meter = harness.MemoryMeter(device, models + ([ema.model] if ema else []), [opt_g, opt_d])
     step_args = argparse.Namespace(nz=NZ, lambda_gp=10.0, batch_size=B)
     real = torch.rand(B, 3, args.img_size, args.img_size, device=device) * 2 - 1
-    same = lambda x: x  # noqa: E731 (no DiffAugment)
     G.train()
     D.train()
 
-    def iteration():
-        if method == "kd":  # train_kd.main's loop body
-            z = torch.randn(B, NZ, 1, 1, device=device)
-            with torch.inference_mode(), env.autocast():
-                target = teacher(z).float()
-            target = target.clone()
-            with env.autocast():
-                fake = G(z).float()
-            train_kd.discriminator_step(D, opt_d, scaler_d, real, fake, env)
-            train_kd.student_step(G, D, opt_g, scaler_g, fake, target, 0.05, env)
-        else:  # train_wgan.train's
-            for _ in range(args.n_critic):
-                train_wgan.critic_step(G, D, opt_d, scaler_d, real, step_args, env, same)
-            train_wgan.generator_step(G, D, opt_g, scaler_g, step_args, env, same)
+    def iteration():  # the scripts' own iterations
+        if method == "kd":
+            train_kd.iteration(G, D, teacher, opt_g, opt_d, scaler_g, scaler_d, real, 0.05, env)
+        else:
+            train_wgan.iteration(G, D, opt_g, opt_d, scaler_g, scaler_d, itertools.repeat(real), args.n_critic,
+                                 step_args, env)
 
     times = []
     meter.start()

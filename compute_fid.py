@@ -33,7 +33,8 @@ folder, PIL -> RGB -> [0, 1]), its batching, its FID Inception network (the bloc
 - Sample noise: `--bootstrap R` adds the std of FID over R resamples of A; `--max-images N` also takes a fixed
   subset of the feature rows of an .npz (FID@500 of the thesis' protocol from cached 2,000-image statistics).
 - In Python (e.g. FID during training, images in memory): `model = load_inception(weights)`,
-  `ref = load_stats("stats/cats.npz")`, `score(image_features(uint8_images, model), ref)`.
+  `ref = load_stats("stats/cats.npz")`, `score(image_features(uint8_images, model), ref)`; `Evaluator` does
+  that for a generator's images of fixed latents (the training scripts' --eval-every).
 
 Examples:
     python compute_fid.py samples/model1 data/cats                          # folder vs folder: FID + KID
@@ -450,6 +451,32 @@ def score(features, ref, kid_subsets=100, kid_subset_size=None, seed=0):
         result["kid_mean"], result["kid_std"] = kid(features, ref["features"], kid_subsets, kid_subset_size,
                                                     seed=seed)
     return result
+
+
+class Evaluator:
+    """FID/KID during training: a generator's images of `n` fixed latents (seed 2024) against reference statistics
+    (`--save-stats`). The network loads at the first call (never inside training's memory window), in NHWC:
+    features equal to pytorch-fid's to ~1e-6 relative, ~1.5x faster on a CPU. `fast`: bf16 autocast, ~2.5x
+    faster on a CPU with native bf16, FID off by ~1% (for curves; final numbers with the command line)."""
+
+    def __init__(self, ref, nz, n=500, device="cpu", weights=None, fast=False, batch_size=50):
+        self.ref, self.device, self.weights, self.fast, self.batch = load_stats(ref), device, weights, fast, batch_size
+        self.z = torch.randn(n, nz, 1, 1, generator=torch.Generator().manual_seed(2024))
+        self.inception = None
+
+    @torch.no_grad()
+    def __call__(self, G):
+        if self.inception is None:
+            self.inception = load_inception(self.weights, self.device, dims=len(self.ref["mu"]), channels_last=True)
+        was_training = G.training
+        G.eval()  # [-1, 1] -> uint8 with correct rounding, as saved PNGs hold
+        images = torch.cat([((G(z.to(self.device)).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+                            for z in self.z.split(self.batch)])
+        G.train(was_training)
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.fast):
+            features = image_features(images, self.inception, self.batch, self.device)
+        scores = score(features.astype("float32"), self.ref)
+        return {"fid": round(scores["fid"], 4), "kid": scores["kid_mean"], "kid_std": scores["kid_std"]}
 
 
 # ----------------------------------------------------------------------------- files

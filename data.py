@@ -174,9 +174,11 @@ def load_dataset(spec, size, *, cache_dir=None, cat_crop=True, max_images=None, 
     spec, t0 = os.fspath(spec), time.time()
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
     if spec.startswith("demo:"):
-        import demo  # only demo data needs the renderer: a copy of the scripts for real data can leave it out
-        try:
+        try:  # only demo data needs the renderer: a copy of the scripts for real data can leave it out
+            import demo
             domain, n = demo.parse_demo_spec(spec)
+        except ImportError:
+            raise DataError(f"{spec}: demo data needs demo.py beside data.py (copy it too)") from None
         except ValueError as e:
             raise DataError(str(e)) from None
         images = demo.make_demo(domain, min(n, max_images or n), size)

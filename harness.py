@@ -1,12 +1,9 @@
-"""The small training harness of train_wgan.py, train_transfer.py and train_kd.py: what a loop needs besides
-its algorithm, each piece called visibly from the loop.
-
-    env = setup(args)                      device, threads, seeds, precision, torch.distributed from torchrun
-    resume = open_run(args, script, env)   --out / --resume checked before anything slow: a checkpoint or None
-    run = Run(args, script, env, ...)      checkpoints, metrics.jsonl, summary.json, snapshots, EMA, evaluation,
-                                           SIGINT/SIGTERM (finish the step, checkpoint, exit), non-finite stops
-    optimize(loss, model, opt, scaler, env)  backward, gradients averaged over ranks, Adam step
-    run.meter.hooks()                      peak training memory (device and a device-independent tensor count)
+"""The small training harness of train_wgan.py, train_transfer.py and train_kd.py: what a loop needs besides its
+algorithm, as short functions and small classes that the loop calls visibly; none writes a file or installs a
+handler unless its name says so. setup (device, seeds, precision, torchrun), open_run (--out and --resume checked
+before anything slow), optimize (backward, gradients averaged over processes, Adam step), restore and gather_ranks
+(a checkpoint's parts besides the loop's own), StopFlag (SIGINT/SIGTERM), Clock, MemoryMeter (peak training
+memory), and the calls at the end of an epoch: check_finite, log_epoch, snapshot, save, run_summary.
 """
 import argparse
 import contextlib
@@ -81,6 +78,7 @@ nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0, "a positive finite number")
 nonneg_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
 beta = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+unit_float = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 image_size = _number(int, lambda v: 16 <= v <= 1024 and not v & (v - 1), "a power of two from 16 to 1024")
 
 
@@ -298,6 +296,20 @@ def broadcast_models(models, env):
                 dist.broadcast(t.data, 0)
 
 
+@contextlib.contextmanager
+def requires_grad(model, flag):
+    """Context: set `requires_grad` of every parameter of `model` to `flag`, then restore each one's own (frozen
+    layers stay frozen). The generator's and the student's steps need the critic's gradient w.r.t. the image only."""
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(flag)
+    try:
+        yield
+    finally:
+        for p, was in saved:
+            p.requires_grad_(was)
+
+
 class EMA:
     """Exponential moving average of the generator's weights, BatchNorm statistics copied (Karras et al. 2019;
     as in stylegan2-ada: a half-life in images, ramped up over the first images so early averages follow)."""
@@ -328,6 +340,7 @@ def atomic_write(path, write):
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -339,6 +352,11 @@ def atomic_write(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save(obj, path):
+    """torch.save, atomically (see atomic_write)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def remove_stale_temp_files(folder):
@@ -420,15 +438,11 @@ def open_run(args, script, env):
 
 # ----------------------------------------------------------------------------- pictures
 
-def to_uint8(images):
-    """[-1, 1] floats -> uint8 with correct rounding, as saved PNGs hold."""
-    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
 def save_grid(images, path, nrow):
     from PIL import Image
     import torchvision.utils as vutils
-    grid = vutils.make_grid(to_uint8(images).cpu(), nrow=nrow, padding=2, pad_value=255)
+    images = ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # correct rounding
+    grid = vutils.make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=255)
     atomic_write(path, lambda tmp: Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG"))
 
 
@@ -563,264 +577,197 @@ class _Saved:
         self.meter._release(self.key)
 
 
-# ----------------------------------------------------------------------------- one training run
+# ----------------------------------------------------------------------------- resume
 
-class Run:
-    """Everything around a training loop, rank 0 writing, every process calling:
+def model_state(model):
+    """A model's entry in a checkpoint: its architecture and its weights."""
+    return {"config": dict(model.config), "state_dict": model.state_dict()}
 
-        epoch, first_it, step, losses = run.position(columns)   # where to start (after --resume too)
-        for epoch in range(epoch, args.epochs + 1):
-            for it in range(first_it, args.iters_per_epoch):
-                with run.meter.hooks(): ...                      # the algorithm's steps
-                step += 1; losses[it] = ...
-                if run.stop_requested(): run.stop(epoch, it + 1, step, losses)   # SIGINT/SIGTERM
-            run.end_epoch(epoch, step, losses, names)            # log, evaluate, snapshots, checkpoint
-            first_it, losses = 0, losses.zero_()
-        run.finish(step, summary)
 
-    A resumed run restores models, optimizers, loss scalers, EMA, batch order, every RNG and the position
-    (mid-epoch after a signal), so it ends bitwise equal to an uninterrupted run on the same device.
-    """
+def gather_ranks(batches, env):
+    """Every process' RNG states and batch order, for the checkpoint (every process calls it, rank 0 saves it)."""
+    ranks = [{"rng": rng_state(), "batches": batches.state_dict()}] * env.world_size
+    if env.world_size > 1:
+        dist.all_gather_object(ranks, ranks[0])
+    return ranks
 
-    def __init__(self, args, script, env, models, optimizers, scalers, batches, resume=None, ema=None, also_in_memory=()):
-        self.args, self.script, self.env, self.out = args, script, env, args.out
-        self.models, self.optimizers, self.scalers, self.batches, self.ema = models, optimizers, scalers, batches, ema
-        self.G = models["G"]
-        self.sampler = ema.model if ema else self.G  # the weights samples, snapshots and evaluations show
-        self.global_batch = args.batch_size * env.world_size
-        self.done = dict(epoch=0, iteration=0, step=0, images=0, train_sec=0.0, losses=None)
-        self.resumed_memory = None
-        if resume is not None:
-            self._restore(resume)
-        broadcast_models(list(models.values()) + ([ema.model] if ema else []), env)
-        self.meter = MemoryMeter(env.device, list(models.values()) + list(also_in_memory) + ([ema.model] if ema else []),
-                                 optimizers.values())
-        self.evaluate = Evaluator(args, self.G.config["nz"], env) if args.eval_every and env.master else None
-        self.secs, self.signal = [], None
-        if env.master:
-            os.makedirs(os.path.join(self.out, "snapshots"), exist_ok=True)
-            self.z_fixed = torch.randn(6, self.G.config["nz"], 1, 1, generator=torch.Generator().manual_seed(1234))
-            if resume is None and os.path.isfile(os.path.join(self.out, "metrics.jsonl")):
-                os.remove(os.path.join(self.out, "metrics.jsonl"))
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
 
-    # -- position and resume
-    def _restore(self, ckpt):
-        for key, model in self.models.items():
-            if ckpt[key]["config"] != model.config:
-                raise UserError(f"{ckpt['path']}: its {key} is {ckpt[key]['config']}, but the flags give {model.config}")
-            model.load_state_dict(ckpt[key]["state_dict"])
-        if self.ema and "G_ema" in ckpt:
-            self.ema.model.load_state_dict(ckpt["G_ema"]["state_dict"])
-        elif self.ema:
-            self.ema.model.load_state_dict(self.G.state_dict())
-        for key, opt in self.optimizers.items():
-            lrs = [g["lr"] for g in opt.param_groups]
-            opt.load_state_dict(ckpt[key])
-            for g, lr in zip(opt.param_groups, lrs):
+def restore(ckpt, trained, ema, batches, env, seed):
+    """Where the loop starts: with `open_run`'s checkpoint, load it into `trained` ({"G": G, "D": D, "opt_g": ...,
+    "scaler_d": ...}, each from its key), the EMA, the batch order and every RNG and return its position; with
+    None, the position of a fresh run. The flags' learning rates win over the checkpoint's (a resume may lower
+    --lr). A resumed run ends bitwise equal to an uninterrupted one on the same device."""
+    position = dict(epoch=0, iteration=0, step=0, images=0, train_sec=0.0, losses=None, memory=None)
+    if ckpt is None:
+        return position
+    for key, obj in trained.items():
+        if isinstance(obj, torch.nn.Module):
+            if ckpt[key]["config"] != obj.config:
+                raise UserError(f"{ckpt['path']}: its {key} is {ckpt[key]['config']}, but the flags give {obj.config}")
+            obj.load_state_dict(ckpt[key]["state_dict"])
+        elif isinstance(obj, torch.optim.Optimizer):
+            lrs = [g["lr"] for g in obj.param_groups]
+            obj.load_state_dict(ckpt[key])
+            for g, lr in zip(obj.param_groups, lrs):
                 g["lr"] = lr
-        for key, scaler in self.scalers.items():
-            if key in ckpt:
-                scaler.load_state_dict(ckpt[key])
-        ranks = ckpt["ranks"]
-        mine = ranks[self.env.rank] if len(ranks) == self.env.world_size else None
-        self.batches.load_state_dict((mine or ranks[0])["batches"])
-        if mine:
-            set_rng_state(mine["rng"])
-        else:  # another number of processes wrote it: same epoch and step, new draws (the order differs)
-            seed_everything(self.args.seed + ckpt["step"], self.env.rank)
-            print(f"note: {ckpt['path']} was written by {len(ranks)} process(es), this run has "
-                  f"{self.env.world_size}: the batch order and latents from here differ", flush=True)
-        self.done = {k: ckpt.get(k, 0) for k in self.done}
-        self.resumed_memory = ckpt.get("memory")
-        print(f"resumed {ckpt['path']} at epoch {ckpt['epoch']} + {ckpt['iteration']} iterations (step {ckpt['step']})", flush=True)
-        ckpt.clear()  # the weights live in the models now: drop the loaded copies
+        elif key in ckpt:  # a loss scaler
+            obj.load_state_dict(ckpt[key])
+    if ema:
+        ema.model.load_state_dict(ckpt["G_ema"]["state_dict"] if "G_ema" in ckpt else trained["G"].state_dict())
+    ranks = ckpt["ranks"]
+    mine = ranks[env.rank] if len(ranks) == env.world_size else None
+    batches.load_state_dict((mine or ranks[0])["batches"])
+    if mine:
+        set_rng_state(mine["rng"])
+    else:  # another number of processes wrote it: same epoch and step, new draws (the order differs)
+        seed_everything(seed + ckpt["step"], env.rank)
+        print(f"note: {ckpt['path']} was written by {len(ranks)} process(es), this run has "
+              f"{env.world_size}: the batch order and latents from here differ", flush=True)
+    print(f"resumed {ckpt['path']} at epoch {ckpt['epoch']} + {ckpt['iteration']} iterations (step {ckpt['step']})", flush=True)
+    position = {k: ckpt.get(k, v) for k, v in position.items()}
+    ckpt.clear()  # the weights live in the models now: drop the loaded copies
+    return position
 
-    def position(self, columns):
-        """(first epoch, first iteration, step, per-iteration loss table) to continue from; starts the clocks."""
-        losses = torch.zeros(self.args.iters_per_epoch, columns, device=self.env.device)
-        if self.done["losses"] is not None:
-            losses.copy_(self.done["losses"])
-        if self.done["step"] == 0 and self.env.master:
-            self._snapshot(0)  # the untrained generator: row 0 of the timeline
-        self.meter.start()
-        self.t0 = time.time()
-        self.start_step, self.start_images = self.done["step"], self.done["images"]
-        return self.done["epoch"] + 1, self.done["iteration"], self.done["step"], losses
 
-    def images_seen(self, step):
-        """Generated images shown so far in the run (all processes), at generator update `step`."""
-        return self.start_images + (step - self.start_step) * self.global_batch
+# ----------------------------------------------------------------------------- the loop's schedule
 
-    # -- signals
-    def _on_signal(self, signum, frame):
-        if self.signal is not None:  # a second signal: exit at once
-            print(f"\n{signal.Signals(signum).name} again: exiting without a checkpoint", file=sys.stderr, flush=True)
+class StopFlag:
+    """Set by SIGINT / SIGTERM once `catch()` installed it: the loop then finishes its step, checkpoints and exits
+    with 128 + the signal's number. A second signal exits at once, without a checkpoint."""
+
+    def __init__(self):
+        self.signum = None
+
+    def catch(self, signums=(signal.SIGINT, signal.SIGTERM)):
+        for signum in signums:
+            signal.signal(signum, self._set)
+        return self
+
+    def _set(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"\n{name} again: exiting without a checkpoint", file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: finishing the step, then checkpointing (again to exit at once)",
-              file=sys.stderr, flush=True)
+        self.signum = signum
+        print(f"\n{name}: finishing the step, then checkpointing (again to exit at once)", file=sys.stderr, flush=True)
 
-    def stop_requested(self):
-        if self.env.world_size == 1:
-            return self.signal is not None
-        flag = torch.tensor(float(self.signal is not None), device=self.env.device)
-        if self.env.world_size > 1:  # every process stops at the same iteration
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    def requested(self, env):
+        """Whether any process got a signal: every process stops at the same iteration."""
+        if env.world_size == 1:
+            return self.signum is not None
+        flag = torch.tensor(float(self.signum is not None), device=env.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag)
 
-    def stop(self, epoch, iteration, step, losses):
-        """Checkpoint this exact point (mid-epoch) and exit 128 + signal number, saying how to resume."""
-        self._check_finite(epoch, step, losses[:iteration])
-        self.done.update(epoch=epoch - 1, iteration=iteration, step=step, images=self.images_seen(step), losses=losses)
-        self._save(checkpoint_only=True)
-        signum = self.signal or signal.SIGTERM
-        print(f"stopped at epoch {epoch}, iteration {iteration} (step {step}); checkpoint {self.out}/ckpt.pt: "
+    def exit(self, epoch, iteration, step, out):
+        print(f"stopped at epoch {epoch}, iteration {iteration} (step {step}); checkpoint {out}/ckpt.pt: "
               f"continue with the same command plus --resume", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum)
+        raise SystemExit(128 + (self.signum or signal.SIGTERM))
 
-    # -- per epoch
-    def _check_finite(self, epoch, step, losses):
-        bad = ~torch.isfinite(losses).all(dim=1)
-        if bad.any():
-            it = int(bad.nonzero()[0])
-            first_step = step - len(losses) + it + 1
-            ckpt = os.path.join(self.out, "ckpt.pt")
-            kept = f"the last good checkpoint {ckpt} is kept" if os.path.isfile(ckpt) else "no checkpoint was written yet"
-            raise UserError(f"non-finite loss at epoch {epoch}, step {first_step} (losses {losses[it].tolist()}): "
-                            f"training stopped; {kept} (lower --lr, or try --precision fp32)")
 
-    def end_epoch(self, epoch, step, losses, names):
-        """Log the epoch's mean losses; evaluate, render snapshots and checkpoint when due (the last epoch always)."""
-        if self.env.world_size > 1:
-            dist.all_reduce(losses)
-            losses /= self.env.world_size
-        self._check_finite(epoch, step, losses)
-        if self.env.device.type == "cuda":
-            torch.cuda.synchronize(self.env.device)
-        sec = time.time() - self.t0
-        self.secs.append(sec)
-        train_sec = self.done["train_sec"] + sec
-        self.done.update(epoch=epoch, iteration=0, step=step, images=self.images_seen(step), train_sec=train_sec, losses=None)
-        last = epoch == self.args.epochs
-        mem = self.meter.report()
-        record = {"epoch": epoch, "step": step, **dict(zip(names, losses.mean(0).tolist())), "sec": round(sec, 4),
-                  "train_sec": round(train_sec, 2), "images": self.done["images"],
-                  "peak_mem_mb": mem["peak_mem_mb"], "peak_tensor_mb": mem["peak_tensor_mb"]}
-        if self.evaluate and (epoch % self.args.eval_every == 0 or last):
-            record.update(self.evaluate(self.sampler))
-            if self.ema and self.args.eval_raw:  # ablations: the same run without the average
-                record.update({f"{k}_raw": v for k, v in self.evaluate(self.G).items()})
-        if self.env.master:
-            self._log(record)
-            if epoch % self.args.snapshot_every == 0 or last:
-                self._snapshot(epoch)
-        if epoch % self.args.save_every == 0 or last:
-            self._save()
+class Clock:
+    """Seconds of training per epoch, from `start()` to `lap()` (evaluations, pictures and checkpoints between
+    epochs left out), their total over the run (`train_sec`, carried across --resume) and the time left."""
+
+    def __init__(self, device, train_sec=0.0):
+        self.device, self.train_sec, self.secs = device, train_sec, []
+        self.start()
+
+    def start(self):
         self.t0 = time.time()
 
-    def _log(self, record):
-        path = os.path.join(self.out, "metrics.jsonl")
-        lines = []
-        if os.path.isfile(path):  # a resumed run drops lines written after its checkpoint: each epoch once
-            with open(path) as f:
-                lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] < record["epoch"]]
-        atomic_write(path, lambda tmp: open(tmp, "w").writelines(lines + [json.dumps(record) + "\n"]))
-        eta = (time.time() - self.t0 + sum(self.secs[:-1])) / len(self.secs) * (self.args.epochs - record["epoch"])
-        fields = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in
-                          ("epoch", "step", "sec", "train_sec", "images", "peak_mem_mb", "peak_tensor_mb", "kid_std"))
-        print(f"epoch {record['epoch']}/{self.args.epochs} | step {record['step']} | {fields} | {record['sec']:.2f} s/epoch"
-              f" | eta {format_duration(eta)} | peak {record['peak_mem_mb']:.0f} MB", flush=True)
-        if "fid" in record:
-            try:
-                import report  # torch-free figures; only runs that evaluate need it
-                report.quality_figure({os.path.basename(os.path.abspath(self.out)): report.read_metrics(path)},
-                                      os.path.join(self.out, "quality.png"))
-            except Exception as e:  # a figure must never stop training
-                warnings.warn(f"quality.png not written: {e}")
+    def lap(self):
+        if self.device.type == "cuda":  # the work queued on the GPU belongs to this epoch
+            torch.cuda.synchronize(self.device)
+        self.secs.append(time.time() - self.t0)
+        self.train_sec += self.secs[-1]
+        return self.secs[-1]
 
-    def _snapshot(self, epoch):
-        with torch.no_grad():
-            was_training = self.sampler.training
-            images = self.sampler.eval()(self.z_fixed.to(self.env.device))
-            self.sampler.train(was_training and self.sampler is self.G)
-        folder = os.path.join(self.out, "snapshots")
-        save_grid(images, os.path.join(folder, f"epoch_{epoch:06d}.png"), nrow=len(images))
-        write_timeline(folder, os.path.join(self.out, "timeline.png"))
-
-    def _save(self, checkpoint_only=False):
-        ranks = [{"rng": rng_state(), "batches": self.batches.state_dict()}]
-        if self.env.world_size > 1:
-            gathered = [None] * self.env.world_size
-            dist.all_gather_object(gathered, ranks[0])
-            ranks = gathered
-        if not self.env.master:
-            return
-        ckpt = {"format": CHECKPOINT_FORMAT, "script": self.script, "args": vars(self.args), **self.done,
-                "ranks": ranks, "world_size": self.env.world_size, "memory": self.meter.report()}
-        for key, model in self.models.items():
-            ckpt[key] = {"config": dict(model.config), "state_dict": model.state_dict()}
-        if self.ema:
-            ckpt["G_ema"] = {"config": dict(self.G.config), "state_dict": self.ema.model.state_dict()}
-        for key, obj in list(self.optimizers.items()) + list(self.scalers.items()):
-            ckpt[key] = obj.state_dict()
-        atomic_write(os.path.join(self.out, "ckpt.pt"), lambda tmp: torch.save(ckpt, tmp))
-        if not checkpoint_only:
-            gen = arch.generator_file(self.G, self.ema.model if self.ema else None, epoch=self.done["epoch"], script=self.script)
-            atomic_write(os.path.join(self.out, "generator.pt"), lambda tmp: torch.save(gen, tmp))
-
-    def finish(self, step, extra=None):
-        """summary.json (speed and memory: the max over processes); returns it."""
-        report = self.meter.report()
-        sec = median(self.secs[1:] or self.secs)
-        if self.env.world_size > 1:
-            worst = torch.tensor([sec if self.secs else 0.0, report["peak_mem_mb"], report["peak_tensor_mb"]], device=self.env.device)
-            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
-            sec, report["peak_mem_mb"], report["peak_tensor_mb"] = worst.tolist()
-        summary = {"script": self.script, "args": vars(self.args), "epochs": self.done["epoch"], "steps": step,
-                   "device": str(self.env.device), "world_size": self.env.world_size, "precision": self.env.precision,
-                   "global_batch": self.global_batch, "torch": torch.__version__,
-                   "sec_per_epoch": round(sec, 4) if self.secs else None, "train_sec": round(self.done["train_sec"], 2),
-                   "generator_mb": round(arch.param_bytes(self.G) / 2**20, 1), "ema": bool(self.ema), **report}
-        if not self.secs and self.resumed_memory:
-            summary.update(self.resumed_memory)  # nothing trained in this process: keep the run's figures
-        summary.update(extra or {})
-        if self.env.master:
-            path = os.path.join(self.out, "metrics.jsonl")
-            with open(path) as f:
-                records = [json.loads(ln) for ln in f if ln.strip()]
-            if records:
-                summary["final"] = {k: v for k, v in records[-1].items() if k not in ("epoch", "step")}
-            write_json(os.path.join(self.out, "summary.json"), summary)
-            print(f"done: {self.out}/summary.json, {self.out}/generator.pt, pictures in {self.out}/timeline.png", flush=True)
-        return summary
+    def eta(self, epochs_left):
+        """Seconds per epoch so far (this one with its evaluation) times the epochs left."""
+        return (time.time() - self.t0 + sum(self.secs[:-1])) / len(self.secs) * epochs_left
 
 
-class Evaluator:
-    """FID/KID of a fixed set of latents against cached real statistics (compute_fid.py, imported only here)."""
+def mean_over_processes(losses, env):
+    """The loss table averaged over processes, in place (every process calls it)."""
+    if env.world_size > 1:
+        dist.all_reduce(losses)
+        losses /= env.world_size
+    return losses
 
-    def __init__(self, args, nz, env):
-        import compute_fid
-        self.cf, self.device, self.batch = compute_fid, env.device, 50
-        self.ref = compute_fid.load_stats(args.eval_ref)
-        self.weights, self.fast, self.inception = args.eval_weights, args.eval_fast, None
-        self.z = torch.randn(args.eval_n, nz, 1, 1, generator=torch.Generator().manual_seed(2024))
 
-    @torch.no_grad()
-    def __call__(self, G):
-        if self.inception is None:  # loaded at the first evaluation: never inside the training memory window
-            # NHWC: features equal to pytorch-fid's to ~1e-6 relative, ~1.5x faster on a CPU
-            self.inception = self.cf.load_inception(self.weights, self.device, dims=len(self.ref["mu"]), channels_last=True)
-        was_training = G.training
-        G.eval()
-        images = torch.cat([to_uint8(G(z.to(self.device))).cpu() for z in self.z.split(self.batch)])
-        G.train(was_training)
-        # --eval-fast: bf16 Inception, ~2.5x faster on a CPU with native bf16, FID off by ~1% (curves only)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast):
-            features = self.cf.image_features(images, self.inception, self.batch, self.device)
-        scores = self.cf.score(features.astype("float32"), self.ref)
-        return {"fid": round(scores["fid"], 4), "kid": scores["kid_mean"], "kid_std": scores["kid_std"]}
+def check_finite(losses, epoch, step, out):
+    """A non-finite loss stops the run with one line naming its first step (the last checkpoint is kept)."""
+    bad = ~torch.isfinite(losses).all(dim=1)
+    if bad.any():
+        it = int(bad.nonzero()[0])
+        first_step = step - len(losses) + it + 1
+        ckpt = os.path.join(out, "ckpt.pt")
+        kept = f"the last good checkpoint {ckpt} is kept" if os.path.isfile(ckpt) else "no checkpoint was written yet"
+        raise UserError(f"non-finite loss at epoch {epoch}, step {first_step} (losses {losses[it].tolist()}): "
+                        f"training stopped; {kept} (lower --lr, or try --precision fp32)")
+
+
+def log_epoch(record, out, epochs, eta):
+    """The epoch's line in metrics.jsonl (a resumed run drops lines written after its checkpoint) and on stdout;
+    quality.png redrawn when the record has a FID."""
+    path = os.path.join(out, "metrics.jsonl")
+    lines = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] < record["epoch"]]
+    atomic_write(path, lambda tmp: open(tmp, "w").writelines(lines + [json.dumps(record) + "\n"]))
+    fields = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in
+                      ("epoch", "step", "sec", "train_sec", "images", "peak_mem_mb", "peak_tensor_mb", "kid_std"))
+    print(f"epoch {record['epoch']}/{epochs} | step {record['step']} | {fields} | {record['sec']:.2f} s/epoch"
+          f" | eta {format_duration(eta)} | peak {record['peak_mem_mb']:.0f} MB", flush=True)
+    if "fid" in record:
+        try:
+            import report  # torch-free figures; only runs that evaluate need it
+            report.quality_figure({os.path.basename(os.path.abspath(out)): report.read_metrics(path)},
+                                  os.path.join(out, "quality.png"))
+        except Exception as e:  # a figure must never stop training
+            warnings.warn(f"quality.png not written: {e}")
+
+
+def snapshot(G, z, out, epoch):
+    """G's images of the fixed latents `z`, in eval mode, as snapshots/epoch_NNNNNN.png; timeline.png restacked."""
+    was_training = G.training
+    with torch.no_grad():
+        images = G.eval()(z)
+    G.train(was_training)
+    folder = os.path.join(out, "snapshots")
+    save_grid(images, os.path.join(folder, f"epoch_{epoch:06d}.png"), nrow=len(images))
+    write_timeline(folder, os.path.join(out, "timeline.png"))
+
+
+def run_summary(args, script, env, step, G, ema, clock, meter, resumed_memory=None):
+    """What summary.json holds besides the script's own fields: speed and memory (the worst process'), sizes.
+    Every process calls it."""
+    report = meter.report()
+    sec = median(clock.secs[1:] or clock.secs)
+    if env.world_size > 1:
+        worst = torch.tensor([sec if clock.secs else 0.0, report["peak_mem_mb"], report["peak_tensor_mb"]], device=env.device)
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        sec, report["peak_mem_mb"], report["peak_tensor_mb"] = worst.tolist()
+    summary = {"script": script, "args": vars(args), "epochs": args.epochs, "steps": step,
+               "device": str(env.device), "world_size": env.world_size, "precision": env.precision,
+               "global_batch": args.batch_size * env.world_size, "torch": torch.__version__,
+               "sec_per_epoch": round(sec, 4) if clock.secs else None, "train_sec": round(clock.train_sec, 2),
+               "generator_mb": round(arch.param_bytes(G) / 2**20, 1), "ema": bool(ema), **report}
+    if not clock.secs and resumed_memory:
+        summary.update(resumed_memory)  # nothing trained in this process: keep the run's figures
+    return summary
+
+
+def write_summary(out, summary):
+    """summary.json, with the last line of metrics.jsonl as its "final" entry."""
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        records = [json.loads(ln) for ln in f if ln.strip()]
+    if records:
+        summary["final"] = {k: v for k, v in records[-1].items() if k not in ("epoch", "step")}
+    write_json(os.path.join(out, "summary.json"), summary)
+    print(f"done: {out}/summary.json, {out}/generator.pt, pictures in {out}/timeline.png", flush=True)
 
 
 def format_duration(seconds):

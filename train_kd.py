@@ -20,7 +20,6 @@ Examples:
     # continue an interrupted run
     python train_kd.py --teacher runs/model1/generator.pt --data data/cats --out runs/kd_005 --resume
 """
-import argparse
 import functools
 import os
 
@@ -53,20 +52,26 @@ def discriminator_step(D, opt_d, scaler, real, fake, env, augment=lambda x: x):
 
 def student_step(G, D, opt_g, scaler, fake, target, alpha, env, augment=lambda x: x):
     """One student update on the same z the teacher saw."""
-    D.requires_grad_(False)  # the student needs D's gradient w.r.t. the image only
-    with env.autocast():
-        logits = D(augment(fake))
-    loss, adversarial, imitation = kd_loss(logits, fake, target, alpha)
-    stepped = harness.optimize(loss, G, opt_g, scaler, env)
-    D.requires_grad_(True)
+    with harness.requires_grad(D, False):  # the student needs D's gradient w.r.t. the image only
+        with env.autocast():
+            logits = D(augment(fake))
+        loss, adversarial, imitation = kd_loss(logits, fake, target, alpha)
+        stepped = harness.optimize(loss, G, opt_g, scaler, env)
     return harness.logged(torch.stack([loss.detach(), adversarial, imitation]), stepped)
 
 
-def alpha_value(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
-    return value
+def iteration(G, D, teacher, opt_g, opt_d, scaler_g, scaler_d, real, alpha, env, augment=lambda x: x):
+    """One distillation iteration on a real batch: the teacher's images of a fresh z, one discriminator update,
+    one student update on the same z; returns the detached (d_loss, g_loss, bce_g, mse_teacher)."""
+    z = torch.randn(real.size(0), G.config["nz"], 1, 1, device=real.device)
+    with torch.inference_mode(), env.autocast():
+        target = teacher(z).float()
+    target = target.clone()  # an inference tensor cannot be saved for backward; a clone can
+    with env.autocast():
+        fake = G(z).float()
+    d_loss = discriminator_step(D, opt_d, scaler_d, real, fake, env, augment)
+    g_losses = student_step(G, D, opt_g, scaler_g, fake, target, alpha, env, augment)
+    return torch.cat([d_loss[None], g_losses])
 
 
 def load_teacher(path, device, img_size, nz, dtype="bf16"):
@@ -91,7 +96,7 @@ def build_parser():
     p.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher generator: a train_wgan.py generator.pt, ckpt.pt, "
                    "run dir, or a raw thesis state_dict (the default is where `python train_wgan.py` writes it)")
     p.add_argument("--teacher-dtype", choices=("bf16", "fp32"), default="bf16", help="storage of the frozen teacher's weights")
-    p.add_argument("--alpha", type=alpha_value, default=0.05, help="weight of the adversarial term, in [0, 1]")
+    p.add_argument("--alpha", type=harness.unit_float, default=0.05, help="weight of the adversarial term, in [0, 1]")
     p.add_argument("--img-size", type=harness.image_size, default=None, help="image size (None: the teacher's)")
     p.add_argument("--nz", type=harness.positive_int, default=None, help="latent size (None: the teacher's)")
     p.add_argument("--batch-size", type=harness.positive_int, default=8, help="images per step, per process")
@@ -115,51 +120,97 @@ def main(argv=None):
     dataset = data.load_dataset(args.data, args.img_size, cache_dir=args.cache_dir, verbose=env.master)
     batches = data.InfiniteBatches(dataset, args.batch_size, env.device, seed=args.seed, flip=args.flip,
                                    rank=env.rank, world_size=env.world_size)
+    if env.master:
+        print(f"{dataset.name}: {len(dataset)} images | teacher {args.teacher} ({arch.count_params(teacher):,} params, "
+              f"{args.teacher_dtype}) -> student {arch.count_params(G):,} params | alpha {args.alpha} | "
+              f"{env.device} x {env.world_size}, {env.precision}, global batch {args.batch_size * env.world_size}", flush=True)
+
+    # the distillation loop, its whole schedule
     if args.sync_bn and env.world_size > 1:
         G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
     opt_g = harness.Adam(G.parameters(), lr=args.lr, betas=args.betas)
     opt_d = harness.Adam(D.parameters(), lr=args.lr, betas=args.betas)
     scaler_g, scaler_d = env.scaler(), env.scaler()
     ema = harness.EMA(G, args.ema) if args.ema else None
+    sampler = ema.model if ema else G  # the weights snapshots and evaluations show
     augment = functools.partial(data.diffaug, policy=args.diffaug)
-    if env.master:
-        print(f"{dataset.name}: {len(dataset)} images | teacher {args.teacher} ({arch.count_params(teacher):,} params, "
-              f"{args.teacher_dtype}) -> student {arch.count_params(G):,} params | alpha {args.alpha} | "
-              f"{env.device} x {env.world_size}, {env.precision}, global batch {args.batch_size * env.world_size}", flush=True)
+    trained = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g, "scaler_d": scaler_d}
+    done = harness.restore(resume, trained, ema, batches, env, args.seed)  # where to start: epoch, step, ...
+    harness.broadcast_models([G, D] + ([ema.model] if ema else []), env)  # every process starts from rank 0's
+    stop = harness.StopFlag().catch()  # SIGINT / SIGTERM: finish the step, checkpoint, exit
+    evaluate = None
+    if args.eval_every and env.master:
+        import compute_fid  # only evaluating runs need it (and pytorch-fid)
+        evaluate = compute_fid.Evaluator(args.eval_ref, args.nz, args.eval_n, env.device, args.eval_weights, args.eval_fast)
+    z_fixed = torch.randn(6, args.nz, 1, 1, generator=torch.Generator().manual_seed(1234)).to(env.device)
+    if done["step"] == 0 and env.master:
+        harness.snapshot(sampler, z_fixed, args.out, 0)  # the untrained student: row 0 of the timeline
+    meter = harness.MemoryMeter(env.device, [G, D, teacher] + ([ema.model] if ema else []), [opt_g, opt_d])  # teacher too
+    meter.start()
+    clock = harness.Clock(env.device, done["train_sec"])
+    step, images, global_batch = done["step"], done["images"], args.batch_size * env.world_size
+    # d_loss, g_loss, bce_g, mse_teacher of each iteration of the epoch (resumed mid-epoch: those it had done)
+    losses = (torch.zeros(args.iters_per_epoch, 4) if done["losses"] is None else done["losses"]).to(env.device)
 
-    run = harness.Run(args, "train_kd", env, models={"G": G, "D": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d},
-                      scalers={"scaler_g": scaler_g, "scaler_d": scaler_d}, batches=batches, resume=resume, ema=ema,
-                      also_in_memory=[teacher])  # the teacher's weights are training memory too
+    def save_checkpoint(epoch, iteration, step, images, losses):
+        """Everything --resume needs to continue bitwise after `iteration` of epoch `epoch` + 1 (see restore)."""
+        checkpoint = {"format": harness.CHECKPOINT_FORMAT, "script": "train_kd", "args": vars(args), "epoch": epoch,
+                      "iteration": iteration, "step": step, "images": images, "train_sec": clock.train_sec,
+                      "losses": losses, "ranks": harness.gather_ranks(batches, env), "world_size": env.world_size,
+                      "memory": meter.report(), "G": harness.model_state(G), "D": harness.model_state(D),
+                      "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                      "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
+                      **({"G_ema": harness.model_state(ema.model)} if ema else {})}
+        if env.master:
+            harness.save(checkpoint, os.path.join(args.out, "ckpt.pt"))
+
     G.train()
     D.train()
-    first_epoch, first_it, step, losses = run.position(columns=4)
-    for epoch in range(first_epoch, args.epochs + 1):
+    first_it = done["iteration"]
+    for epoch in range(done["epoch"] + 1, args.epochs + 1):
         for it in range(first_it, args.iters_per_epoch):
-            with run.meter.hooks():
-                real = next(batches)
-                z = torch.randn(real.size(0), args.nz, 1, 1, device=env.device)
-                with torch.inference_mode(), env.autocast():
-                    target = teacher(z).float()
-                target = target.clone()  # an inference tensor cannot be saved for backward; a clone can
-                with env.autocast():
-                    fake = G(z).float()
-                d_loss = discriminator_step(D, opt_d, scaler_d, real, fake, env, augment)
-                g_losses = student_step(G, D, opt_g, scaler_g, fake, target, args.alpha, env, augment)
+            real = next(batches)
+            with meter.hooks():  # counts what training holds, over the first iterations
+                losses[it] = iteration(G, D, teacher, opt_g, opt_d, scaler_g, scaler_d, real, args.alpha, env, augment)
             step += 1
-            losses[it] = torch.cat([d_loss[None], g_losses])
+            images += global_batch
             if ema:
-                ema.update(G, run.images_seen(step), run.global_batch)
-            if run.stop_requested():  # SIGINT / SIGTERM: checkpoint this point and exit
-                run.stop(epoch, it + 1, step, losses)
-        run.end_epoch(epoch, step, losses, ("d_loss", "g_loss", "bce_g", "mse_teacher"))
+                ema.update(G, images, global_batch)
+            if stop.requested(env):  # checkpoint this exact point, then exit
+                harness.check_finite(losses[:it + 1], epoch, step, args.out)
+                save_checkpoint(epoch - 1, it + 1, step, images, losses)
+                stop.exit(epoch, it + 1, step, args.out)
+        # the end of an epoch: mean losses, log line, evaluation, snapshot, checkpoint (the last epoch: all)
+        harness.check_finite(harness.mean_over_processes(losses, env), epoch, step, args.out)
+        sec, last, mem = clock.lap(), epoch == args.epochs, meter.report()
+        record = {"epoch": epoch, "step": step, **dict(zip(("d_loss", "g_loss", "bce_g", "mse_teacher"), losses.mean(0).tolist())),
+                  "sec": round(sec, 4), "train_sec": round(clock.train_sec, 2), "images": images,
+                  "peak_mem_mb": mem["peak_mem_mb"], "peak_tensor_mb": mem["peak_tensor_mb"]}
+        if evaluate and (epoch % args.eval_every == 0 or last):
+            record.update(evaluate(sampler))
+            if ema and args.eval_raw:  # ablations: the same run without the average
+                record.update({f"{k}_raw": v for k, v in evaluate(G).items()})
+        if env.master:
+            harness.log_epoch(record, args.out, args.epochs, clock.eta(args.epochs - epoch))
+        if env.master and (epoch % args.snapshot_every == 0 or last):
+            harness.snapshot(sampler, z_fixed, args.out, epoch)
+        if epoch % args.save_every == 0 or last:
+            save_checkpoint(epoch, 0, step, images, None)
+            if env.master:  # for createsamples.py: the student, its moving average, no optimizer
+                harness.save(arch.generator_file(G, ema.model if ema else None, epoch=epoch, script="train_kd"),
+                             os.path.join(args.out, "generator.pt"))
+        clock.start()
         first_it = 0
         losses.zero_()
-    run.finish(step, {"alpha": args.alpha, "teacher": args.teacher, "teacher_dtype": args.teacher_dtype,
-                      "params_g": arch.count_params(G), "params_d": arch.count_params(D),
-                      "trainable_g": arch.count_params(G, True), "trainable_d": arch.count_params(D, True),
-                      "params_teacher": arch.count_params(teacher), "teacher_mb": fp32_mb(teacher),
-                      "teacher_in_memory_mb": round(arch.param_bytes(teacher) / 2**20, 1),
-                      "student_mb": fp32_mb(G)})
+
+    summary = {**harness.run_summary(args, "train_kd", env, step, G, ema, clock, meter, done["memory"]),
+               "alpha": args.alpha, "teacher": args.teacher, "teacher_dtype": args.teacher_dtype,
+               "params_g": arch.count_params(G), "params_d": arch.count_params(D),
+               "trainable_g": arch.count_params(G, True), "trainable_d": arch.count_params(D, True),
+               "params_teacher": arch.count_params(teacher), "teacher_mb": fp32_mb(teacher),
+               "teacher_in_memory_mb": round(arch.param_bytes(teacher) / 2**20, 1), "student_mb": fp32_mb(G)}
+    if env.master:
+        harness.write_summary(args.out, summary)
 
 
 def fp32_mb(model):

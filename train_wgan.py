@@ -22,6 +22,7 @@ Examples:
     torchrun --nproc_per_node 4 train_wgan.py --data data/cats --out runs/model1   # 4 GPUs
 """
 import functools
+import os
 
 import torch
 
@@ -68,27 +69,19 @@ def critic_step(G, D, opt_d, scaler, real, args, env, augment=lambda x: x):
 def generator_step(G, D, opt_g, scaler, args, env, augment=lambda x: x):
     """One generator update on a freshly generated batch; returns the detached loss -E[D(G(z))]."""
     z = torch.randn(args.batch_size, args.nz, 1, 1, device=env.device)
-    with requires_grad(D, False):  # only the image needs the critic's gradient, not the critic's weights
+    with harness.requires_grad(D, False):  # only the image needs the critic's gradient, not the critic's weights
         with env.autocast():
             loss = -D(augment(G(z).float())).float().mean()
         stepped = harness.optimize(loss, G, opt_g, scaler, env)
     return harness.logged(loss.detach(), stepped)
 
 
-class requires_grad:
-    """Context: set `requires_grad` of every parameter of `model` to `flag`, then restore each one's own."""
-
-    def __init__(self, model, flag):
-        self.params, self.flag = list(model.parameters()), flag
-
-    def __enter__(self):
-        self.saved = [p.requires_grad for p in self.params]
-        for p in self.params:
-            p.requires_grad_(self.flag)
-
-    def __exit__(self, *exc):
-        for p, flag in zip(self.params, self.saved):
-            p.requires_grad_(flag)
+def iteration(G, D, opt_g, opt_d, scaler_g, scaler_d, batches, n_critic, args, env, augment=lambda x: x):
+    """One generator iteration of Algorithm 1: `n_critic` critic updates, each on the next real batch, then one
+    generator update; returns the detached (d_loss, wasserstein, gp) averaged over the critic steps, and g_loss."""
+    critic = sum(critic_step(G, D, opt_d, scaler_d, next(batches), args, env, augment) for _ in range(n_critic)) / n_critic
+    g_loss = generator_step(G, D, opt_g, scaler_g, args, env, augment)
+    return torch.cat([critic, g_loss[None]])
 
 
 def build_parser(doc=__doc__, script="train_wgan"):
@@ -123,7 +116,7 @@ def load_batches(args, env):
 
 
 def train(args, env, G, D, batches, script="train_wgan", resume=None, summary=None):
-    """The WGAN-GP loop, shared with train_transfer.py (which passes partly frozen G and D)."""
+    """The WGAN-GP loop, shared with train_transfer.py (which passes partly frozen G and D): its whole schedule."""
     if args.sync_bn and env.world_size > 1:  # never the critic: no double backward through SyncBatchNorm
         G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
     # Only what needs a gradient goes to Adam: frozen parameters (transfer learning) get no state
@@ -131,33 +124,85 @@ def train(args, env, G, D, batches, script="train_wgan", resume=None, summary=No
     opt_d = harness.Adam(harness.trainable(D), lr=args.lr, betas=args.betas)
     scaler_g, scaler_d = env.scaler(), env.scaler()
     ema = harness.EMA(G, args.ema) if args.ema else None
+    sampler = ema.model if ema else G  # the weights snapshots and evaluations show
     augment = functools.partial(data.diffaug, policy=args.diffaug)
-    run = harness.Run(args, script, env, models={"G": G, "D": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d},
-                      scalers={"scaler_g": scaler_g, "scaler_d": scaler_d}, batches=batches, resume=resume, ema=ema)
+    trained = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g, "scaler_d": scaler_d}
+    done = harness.restore(resume, trained, ema, batches, env, args.seed)  # where to start: epoch, step, ...
+    harness.broadcast_models([G, D] + ([ema.model] if ema else []), env)  # every process starts from rank 0's
+    stop = harness.StopFlag().catch()  # SIGINT / SIGTERM: finish the step, checkpoint, exit
+    evaluate = None
+    if args.eval_every and env.master:
+        import compute_fid  # only evaluating runs need it (and pytorch-fid)
+        evaluate = compute_fid.Evaluator(args.eval_ref, args.nz, args.eval_n, env.device, args.eval_weights, args.eval_fast)
+    z_fixed = torch.randn(6, args.nz, 1, 1, generator=torch.Generator().manual_seed(1234)).to(env.device)
+    if done["step"] == 0 and env.master:
+        harness.snapshot(sampler, z_fixed, args.out, 0)  # the untrained generator: row 0 of the timeline
+    meter = harness.MemoryMeter(env.device, [G, D] + ([ema.model] if ema else []), [opt_g, opt_d])
+    meter.start()
+    clock = harness.Clock(env.device, done["train_sec"])
+    step, images, global_batch = done["step"], done["images"], args.batch_size * env.world_size
+    # d_loss, wasserstein, gp, g_loss of each iteration of the epoch (resumed mid-epoch: those it had done)
+    losses = (torch.zeros(args.iters_per_epoch, 4) if done["losses"] is None else done["losses"]).to(env.device)
+
+    def save_checkpoint(epoch, iteration, step, images, losses):
+        """Everything --resume needs to continue bitwise after `iteration` of epoch `epoch` + 1 (see restore)."""
+        checkpoint = {"format": harness.CHECKPOINT_FORMAT, "script": script, "args": vars(args), "epoch": epoch,
+                      "iteration": iteration, "step": step, "images": images, "train_sec": clock.train_sec,
+                      "losses": losses, "ranks": harness.gather_ranks(batches, env), "world_size": env.world_size,
+                      "memory": meter.report(), "G": harness.model_state(G), "D": harness.model_state(D),
+                      "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                      "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
+                      **({"G_ema": harness.model_state(ema.model)} if ema else {})}
+        if env.master:
+            harness.save(checkpoint, os.path.join(args.out, "ckpt.pt"))
+
     G.train()
     D.train()
-    first_epoch, first_it, step, losses = run.position(columns=4)
-    for epoch in range(first_epoch, args.epochs + 1):
+    first_it = done["iteration"]
+    for epoch in range(done["epoch"] + 1, args.epochs + 1):
         for it in range(first_it, args.iters_per_epoch):
             # a warm-up gives the critic more steps per generator update (WGAN's 100 for its first 25): a
             # critic trained on another domain first learns the new one before its gradients move G
             n_critic = args.warmup_n_critic if step < args.warmup_iters else args.n_critic
-            with run.meter.hooks():
-                critic = sum(critic_step(G, D, opt_d, scaler_d, next(batches), args, env, augment)
-                             for _ in range(n_critic)) / n_critic
-                g_loss = generator_step(G, D, opt_g, scaler_g, args, env, augment)
+            with meter.hooks():  # counts what training holds, over the first iterations
+                losses[it] = iteration(G, D, opt_g, opt_d, scaler_g, scaler_d, batches, n_critic, args, env, augment)
             step += 1
-            losses[it] = torch.cat([critic, g_loss[None]])
+            images += global_batch
             if ema:
-                ema.update(G, run.images_seen(step), run.global_batch)
-            if run.stop_requested():  # SIGINT / SIGTERM: checkpoint this point and exit
-                run.stop(epoch, it + 1, step, losses)
-        run.end_epoch(epoch, step, losses, ("d_loss", "wasserstein", "gp", "g_loss"))
+                ema.update(G, images, global_batch)
+            if stop.requested(env):  # checkpoint this exact point, then exit
+                harness.check_finite(losses[:it + 1], epoch, step, args.out)
+                save_checkpoint(epoch - 1, it + 1, step, images, losses)
+                stop.exit(epoch, it + 1, step, args.out)
+        # the end of an epoch: mean losses, log line, evaluation, snapshot, checkpoint (the last epoch: all)
+        harness.check_finite(harness.mean_over_processes(losses, env), epoch, step, args.out)
+        sec, last, mem = clock.lap(), epoch == args.epochs, meter.report()
+        record = {"epoch": epoch, "step": step, **dict(zip(("d_loss", "wasserstein", "gp", "g_loss"), losses.mean(0).tolist())),
+                  "sec": round(sec, 4), "train_sec": round(clock.train_sec, 2), "images": images,
+                  "peak_mem_mb": mem["peak_mem_mb"], "peak_tensor_mb": mem["peak_tensor_mb"]}
+        if evaluate and (epoch % args.eval_every == 0 or last):
+            record.update(evaluate(sampler))
+            if ema and args.eval_raw:  # ablations: the same run without the average
+                record.update({f"{k}_raw": v for k, v in evaluate(G).items()})
+        if env.master:
+            harness.log_epoch(record, args.out, args.epochs, clock.eta(args.epochs - epoch))
+        if env.master and (epoch % args.snapshot_every == 0 or last):
+            harness.snapshot(sampler, z_fixed, args.out, epoch)
+        if epoch % args.save_every == 0 or last:
+            save_checkpoint(epoch, 0, step, images, None)
+            if env.master:  # for createsamples.py: the generator, its moving average, no optimizer
+                harness.save(arch.generator_file(G, ema.model if ema else None, epoch=epoch, script=script),
+                             os.path.join(args.out, "generator.pt"))
+        clock.start()
         first_it = 0
         losses.zero_()
-    return run.finish(step, {"params_g": arch.count_params(G), "params_d": arch.count_params(D),
-                             "trainable_g": arch.count_params(G, True), "trainable_d": arch.count_params(D, True),
-                             **(summary or {})})
+
+    summary = {**harness.run_summary(args, script, env, step, G, ema, clock, meter, done["memory"]),
+               "params_g": arch.count_params(G), "params_d": arch.count_params(D),
+               "trainable_g": arch.count_params(G, True), "trainable_d": arch.count_params(D, True), **(summary or {})}
+    if env.master:
+        harness.write_summary(args.out, summary)
+    return summary
 
 
 def main(argv=None):

@@ -7,6 +7,8 @@ demo: data) only when that feature is used, and are listed apart.
 import ast
 import itertools
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -93,6 +95,25 @@ def test_training_scripts_need_arch_data_and_the_harness_at_most(script):
     allowed = {script, "arch", "data", "harness"} | ({"train_wgan"} if script == "train_transfer" else set())
     assert always <= allowed, always - allowed
     assert optional <= {"compute_fid", "report", "demo"}, optional  # --eval-every, quality.png, demo: data
+
+
+def test_harness_is_short_functions():
+    """No function or method of harness.py is longer than 40 lines (the loops call each one visibly)."""
+    with open(os.path.join(ROOT, "harness.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 40}
+    assert not long, long
+
+
+def test_a_copy_without_demo_py_says_it_needs_it_for_demo_data(tmp_path):
+    for name in ("train_wgan.py", "arch.py", "data.py", "harness.py"):  # the README's row, demo.py left out
+        shutil.copy(os.path.join(ROOT, name), tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "train_wgan.py", "--data", "demo:cats", "--device", "cpu", "--out", "run"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "demo data needs demo.py" in res.stderr and not (tmp_path / "run").exists()
 
 
 def readme_table():

@@ -32,7 +32,7 @@ SIZE, WIDTH = 32, 0.125
 TINY = ["--img-size", str(SIZE), "--width", str(WIDTH), "--device", "cpu", "--precision", "fp32"]
 # WGAN-GP loop kept small: batch 8, 2 critic steps per generator step, 2 generator steps per epoch
 FAST = ["--batch-size", "8", "--n-critic", "2", "--iters-per-epoch", "2"]
-REAL_RUN = harness.Run
+REAL_METER = harness.MemoryMeter
 ENV = harness.Env(torch.device("cpu"))  # fp32, one process
 
 
@@ -49,20 +49,22 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-class RunSpy:
-    """Stands in for `harness.Run`: records each run's live models and optimizers and a copy of the models'
-    state as training starts (after loading --init / weights_init, before the first step)."""
+class MeterSpy:
+    """Stands in for `harness.MemoryMeter`, which the training loops build from [G, D, ...] and [opt_g, opt_d] right
+    before the first step: records each run's live models and optimizers and a copy of G's and D's state then
+    (after loading --init / weights_init)."""
 
     def __init__(self, on_start=None):
         self.runs, self.on_start = [], on_start
 
-    def __call__(self, args, script, env, models, optimizers, scalers, batches, **kw):
-        initial = {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}
+    def __call__(self, device, models, optimizers, **kw):
+        G, D = models[:2]
+        initial = {"G": copy.deepcopy(G.state_dict()), "D": copy.deepcopy(D.state_dict())}
         if self.on_start:
-            self.on_start(models)
-        run = REAL_RUN(args, script, env, models, optimizers, scalers, batches, **kw)
-        self.runs.append(SimpleNamespace(run=run, initial=initial, models=models, optimizers=optimizers))
-        return run
+            self.on_start({"G": G, "D": D})
+        self.runs.append(SimpleNamespace(initial=initial, models={"G": G, "D": D},
+                                         optimizers={"opt_g": optimizers[0], "opt_d": optimizers[1]}))
+        return REAL_METER(device, models, optimizers, **kw)
 
 
 def load_ckpt(out):
@@ -134,9 +136,9 @@ def transfer_run(teacher_run, tmp_path_factory):
     """Teacher -> demo dogs with layer1-2 of G and layer1-2 of D frozen (at 32x32 the critic has only 4
     blocks), another seed than the teacher's so that un-loaded weights could not match it by chance."""
     out = tmp_path_factory.mktemp("transfer") / "run"
-    spy = RunSpy()
+    spy = MeterSpy()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(harness, "Run", spy)
+        mp.setattr(harness, "MemoryMeter", spy)
         train_transfer.main(transfer_argv(out, "--init", teacher_run, "--freeze-g", 2, "--freeze-d", 2,
                                           "--seed", 1, "--epochs", 1))
     (rec,) = spy.runs
@@ -235,9 +237,9 @@ def test_frozen_batchnorm_keeps_eval_mode_unless_adapt_bn():
 
 def test_from_scratch_baseline_needs_no_init(tmp_path):
     out = tmp_path / "full"
-    spy = RunSpy()
+    spy = MeterSpy()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(harness, "Run", spy)
+        mp.setattr(harness, "MemoryMeter", spy)
         train_transfer.main(transfer_argv(out, "--freeze-g", 0, "--freeze-d", 0, "--epochs", 1,
                                           "--iters-per-epoch", 1, "--n-critic", 1))
     s = load_summary(out)
@@ -358,6 +360,20 @@ def test_memory_meter_counts_known_tensor_sizes():
     with meter.hooks():  # past the watched iterations: a larger batch is not counted
         (layer(torch.randn(4096, 512, requires_grad=True)) ** 2).sum().backward()
     assert meter.peak_bytes == weight + saved and meter.live_bytes == 0
+
+
+def test_bench_memory_trains_with_the_scripts_iterations(tmp_path):
+    """bench_memory.py's rows run train_wgan.iteration and train_kd.iteration (one process per row); every row's
+    peak holds at least its floor (parameters, gradients, optimizer state)."""
+    out = tmp_path / "rows.json"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench_memory.py"), "--img-size", "16", "--width", "0.125",
+                          "--n-critic", "1", "--iters", "1", "--threads", "1", "--device", "cpu", "--rows", "full",
+                          "kd-bf16", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [r["row"] for r in rows] == ["full", "kd-bf16"]
+    assert all(r["peak_tensor_mb"] >= r["floor_mb"] > 0 for r in rows), rows
+    assert "KD, teacher bf16: floor (params + grads + optimizer state" in res.stdout
 
 
 def saved_activation_peaks(G, D, steps):
@@ -588,7 +604,7 @@ def kd_run(tmp_path_factory):
     out = tmp / "run"
     # what the loop feeds the teacher and the student, and the targets it hands to student_step
     calls = SimpleNamespace(teacher=[], student=[], targets=[])
-    spy = RunSpy(on_start=lambda models: models["G"].register_forward_hook(
+    spy = MeterSpy(on_start=lambda models: models["G"].register_forward_hook(
         lambda m, inp, out: calls.student.append(inp[0].detach().clone())))
     loaded = []
     real_load_teacher, real_student_step = train_kd.load_teacher, train_kd.student_step
@@ -604,7 +620,7 @@ def kd_run(tmp_path_factory):
         return real_student_step(G, D, opt_g, scaler, fake, target, alpha, env, augment)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(harness, "Run", spy)
+        mp.setattr(harness, "MemoryMeter", spy)
         mp.setattr(train_kd, "load_teacher", load_teacher)
         mp.setattr(train_kd, "student_step", student_step)
         train_kd.main([*KD_RUN, "--teacher", str(teacher_path), "--out", str(out)])

@@ -3,6 +3,7 @@ import copy
 import json
 from types import SimpleNamespace
 import os
+import signal
 import subprocess
 import sys
 
@@ -325,3 +326,20 @@ def test_periodic_evaluation_writes_the_quality_curve(tmp_path):
         images = ((G.eval()(z) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     expected = cf.score(cf.image_features(images, model), cf.load_stats(str(tmp_path / "ref.npz")))["fid"]
     assert records[-1]["fid"] == pytest.approx(expected, abs=1e-4)  # logged with 4 decimals
+
+
+def test_stop_flag_installs_its_handlers_only_when_asked():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    flag = harness.StopFlag()
+    assert {sig: signal.getsignal(sig) for sig in before} == before and not flag.requested(ENV)
+    try:
+        flag.catch()
+        assert all(signal.getsignal(sig) == flag._set for sig in before)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled: the flag is set, the process goes on
+        assert flag.requested(ENV) and flag.signum == signal.SIGTERM
+        with pytest.raises(SystemExit) as exc:
+            flag.exit(3, 1, 5, "runs/x")
+        assert exc.value.code == 128 + signal.SIGTERM
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
