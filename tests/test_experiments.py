@@ -21,8 +21,8 @@ SCRIPT = os.path.join(ROOT, "experiments.sh")
 KD = ["kd_a0.3", "kd_a0.05", "kd_a0.01", "kd_a0.001"]
 MODELS = ["teacher", "full", "transfer"] + KD
 STAGES = (["real1", "fid/ref_data1.npz", "real2", "fid/ref_data2.npz"]  # first: --eval-every needs them
-          + MODELS + [f"samples/{m}" for m in MODELS] + ["fid/ref_teacher.npz"]
-          + ["fid/teacher.json", "fid/full.json", "fid/transfer.json"]
+          + MODELS + [f"samples/{m}" for m in MODELS] + [f"fid/gen_{m}.npz" for m in MODELS]
+          + ["fid/teacher.json", "fid/teacher_vs_data2.json", "fid/full.json", "fid/transfer.json"]
           + [f for k in KD for f in (f"fid/{k}.json", f"fid/{k}_vs_teacher.json")])
 
 
@@ -100,7 +100,7 @@ def test_stage_layout(study):
             assert (out / m / name).is_file(), f"{m}/{name}"
         assert len(list((out / "samples" / m).glob("*.png"))) == 50
         assert (out / "fid" / f"{m}.json").is_file()
-    for name in ("ref_data1.npz", "ref_data2.npz", "ref_teacher.npz"):
+    for name in ["ref_data1.npz", "ref_data2.npz"] + [f"gen_{m}.npz" for m in MODELS]:
         assert (out / "fid" / name).is_file()
     assert len(list((out / "real1").glob("*.png"))) == 50
 
@@ -111,17 +111,23 @@ def test_report_has_every_cell_filled(study):
     for title in ("Table 3.1", "Table 3.2", "Table 3.3"):
         assert f"### {title}" in md
     rows = table_rows(md)
-    assert len(rows) == 3 + 4 + 3
-    for row in rows:
+    assert len(rows) == 4 + 4 + 3  # Table 3.1 also scores the untouched teacher on data 2
+    for row in rows[4:]:
         assert "—" not in row, row
     assert "### Warnings" not in md
-    for name in ("table3_1.csv", "table3_2.csv", "table3_3.csv"):
+    for name in ("table3_2.csv", "table3_3.csv"):
         with open(out / "report" / name, newline="", encoding="utf-8") as f:
             data = list(csv.reader(f))
         assert len(data) > 1 and all(cell != "" for row in data for cell in row), name
+    with open(out / "report" / "table3_1.csv", newline="", encoding="utf-8") as f:
+        models = [r for r in csv.DictReader(f) if r["updates"]]  # the trained models (not the untouched row)
+    assert len(models) == 3
+    for r in models:
+        for key in ("fid", "kid_mean", "peak_tensor_mb", "sec_per_update", "trainable_params"):
+            assert r[key] != "", (r["model"], key)
     # the demo's settings are stated, and the models are the ones trained here
     assert "64-dim Inception features, 50 generated vs 50 reference images" in md
-    assert re.search(r"\| model 1 \(teacher, data 1\) \| 2 \| ", md)
+    assert re.search(r"\| model 1 \(teacher, data 1\) \| 4 \| ", md)  # 2 epochs of 2 generator updates
 
 
 def test_figures(study):
