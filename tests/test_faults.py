@@ -602,7 +602,7 @@ def world(reference, tmp_path_factory):
     (study / "samples").mkdir()
     (study / "samples" / "teacher").write_text("not a folder\n")
     (study / "fid").mkdir()
-    (study / "fid" / "settings.txt").write_text("n_samples=50 dims=64 kid=10/25 weights=default\n")
+    (study / "fid" / "settings.txt").write_text("n_samples=50 n_thesis=0 bootstrap=0 dims=64 kid=10/25 weights=default\n")
     (study / ".experiments.lock").write_text("")
     # a run stopped by SIGTERM in the middle of epoch 2 (iteration 1 of 2)
     code, _, err = run_child(TINY + ["--epochs", "3", "--out", str(w / "mid")], str(tmp_path_factory.mktemp("log") / "mid"),
