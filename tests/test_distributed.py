@@ -11,6 +11,7 @@ train mode normalises over each process' own batch, so the reference runs G on e
 import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -286,15 +287,28 @@ TINY = ["--data", "demo:cats:64", "--img-size", "32", "--width", "0.125", "--bat
         "--snapshot-every", "1"]
 
 
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+
+
+def torchrun(cmd, env):
+    """`torchrun --nproc_per_node 2 CMD`, launched again (into a clean --out) only when it failed with gloo's rare
+    abort while the processes tear down after a complete run (every file written, "done" printed): a race in the
+    CPU backend's teardown, not in the scripts (docs/troubleshooting.md). Any other failure is returned as it is."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *cmd]
+    result = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    if result.returncode != 0 and GLOO_EXIT_ABORT in result.stderr and "done:" in result.stdout:
+        shutil.rmtree(cmd[cmd.index("--out") + 1])
+        result = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    return result
+
+
 @pytest.fixture(scope="module")
 def torchrun_run(tmp_path_factory):
     """A 2-epoch run by `torchrun --nproc_per_node 2` (its output, and the run folder as it left it), then
     `python train_wgan.py --resume --epochs 3` in one process (its output, and the folder after it)."""
     tmp = tmp_path_factory.mktemp("torchrun")
     out, env = str(tmp / "run"), {**os.environ, "OMP_NUM_THREADS": "1", "GANOPT_CACHE": str(tmp / "cache")}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "train_wgan.py", *TINY, "--epochs", "2", "--out", out],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    two = torchrun(["train_wgan.py", *TINY, "--epochs", "2", "--out", out], env)
     assert two.returncode == 0, two.stdout + two.stderr
     after_two = {"files": sorted(os.listdir(out)), "snapshots": sorted(os.listdir(os.path.join(out, "snapshots"))),
                  "metrics": read_jsonl(os.path.join(out, "metrics.jsonl")), "summary": read_json(os.path.join(out, "summary.json")),
