@@ -13,6 +13,9 @@ The same maths in every variant (WGAN-GP, lambda 10, Adam(1e-4, (0, 0.9)), fresh
                 in the generator step, one backward per step, no `.item()`, gradients freed after each step
     ours P +meter  the same with harness.MemoryMeter's hooks active around every step, as they are during the
                 first 3 iterations of every run: what the meter costs (P: the first of --precision)
+    ours P +step in backward  the same with --step-in-backward (harness.StepInBackward: each parameter's Adam
+                update inside backward, its gradient freed at once): what that costs in time (P: the first of
+                --precision but fp16, which it refuses; its memory: bench_memory.py)
     ours P compiled  (--compile) G and D through torch.compile. If the first steps fail (torch 2.x: "aot_autograd
                 does not support double backward", which the penalty needs), G alone is compiled ("compiled G",
                 the reason printed in one line); if that fails too, the row says "compile failed" and why
@@ -117,7 +120,7 @@ class Variant:
     """G, D, their optimizers and loss scalers, stepped the textbook way or ours (at a precision, optionally with
     the memory meter's hooks or compiled)."""
 
-    def __init__(self, name, G, D, device, precision="fp32", textbook=False, meter=False, compiled=False):
+    def __init__(self, name, G, D, device, precision="fp32", textbook=False, meter=False, compiled=False, in_backward=False):
         self.name, self.precision, self.textbook, self.compiled, self.device = name, precision, textbook, compiled, device
         adam = torch.optim.Adam if textbook else harness.Adam
         self.opt_g = adam(harness.trainable(G), lr=LR, betas=BETAS)
@@ -126,6 +129,8 @@ class Variant:
         D.train()
         self.G, self.D, self.eager_D = (torch.compile(G), torch.compile(D), D) if compiled else (G, D, D)
         self.env = harness.Env(device, precision=precision)
+        self.in_backward = in_backward
+        self.step_g, self.step_d = (harness.StepInBackward(o, self.env) if in_backward else o for o in (self.opt_g, self.opt_d))
         self.scaler_g, self.scaler_d = self.env.scaler(), self.env.scaler()
         self.args = argparse.Namespace(nz=NZ, lambda_gp=LAMBDA_GP, batch_size=None)
         self.meter = None
@@ -142,14 +147,14 @@ class Variant:
         if self.textbook:
             return textbook_critic_step(self.G, self.D, self.opt_d, real, NZ, LAMBDA_GP)
         with self.hooks():
-            return train_wgan.critic_step(self.G, self.D, self.opt_d, self.scaler_d, real, self.args, self.env, _same)
+            return train_wgan.critic_step(self.G, self.D, self.step_d, self.scaler_d, real, self.args, self.env, _same)
 
     def generator(self, batch_size):
         if self.textbook:
             return textbook_generator_step(self.G, self.D, self.opt_g, batch_size, NZ, self.device)
         self.args.batch_size = batch_size
         with self.hooks():
-            return train_wgan.generator_step(self.G, self.D, self.opt_g, self.scaler_g, self.args, self.env, _same)
+            return train_wgan.generator_step(self.G, self.D, self.step_g, self.scaler_g, self.args, self.env, _same)
 
 
 def _same(x):  # no DiffAugment
@@ -162,6 +167,9 @@ def make_variants(args, G0, D0, device):
     variants = [Variant("textbook", *copies(), device, textbook=True)]
     variants += [Variant(f"ours {p}", *copies(), device, p) for p in args.precision]
     variants.append(Variant(f"ours {args.precision[0]} +meter", *copies(), device, args.precision[0], meter=True))
+    exact = [p for p in args.precision if p != "fp16"]  # the step in backward refuses fp16
+    if exact:
+        variants.append(Variant(f"ours {exact[0]} +step in backward", *copies(), device, exact[0], in_backward=True))
     if args.compile:
         variants += [Variant(f"ours {p} compiled", *copies(), device, p, compiled=True) for p in args.precision]
     return variants
@@ -454,10 +462,10 @@ def bench_batch(args, variants, batch_size, device, peaks):
         s = samples[v.name]
         sec = harness.median(s["iter"])
         key = "textbook" if v.textbook else v.precision
-        if not args.no_memory and not v.meter and not v.compiled:
+        if not args.no_memory and not v.meter and not v.compiled and not v.in_backward:
             memory[key] = memory_in_subprocess(args, key, batch_size)
             log(f"batch {batch_size}: {v.name} memory {memory[key]}")
-        mem = memory.get(key, {}) if not v.compiled else {}
+        mem = memory.get(key, {}) if not (v.compiled or v.in_backward) else {}
         peak = peaks[v.precision]
         rows.append({**row, "sec_per_iter": sec, "cpu_sec_per_iter": harness.median(s["cpu_iter"]),
                      "sec_per_critic_step": harness.median(s["critic"]),
@@ -474,6 +482,17 @@ def bench_batch(args, variants, batch_size, device, peaks):
                      "peak_tensor_mb": mem.get("peak_tensor_mb"),
                      "samples_sec_per_iter": s["iter"], "samples_cpu_sec_per_iter": s["cpu_iter"]})
     return rows
+
+
+def in_backward_cost(rows):
+    """The step in backward against the same precision's step after backward: extra time per iteration."""
+    out = []
+    for r in rows:
+        if r["variant"].endswith("+step in backward") and not r.get("failed"):
+            base = next(x for x in rows if x["batch"] == r["batch"] and x["variant"] == r["variant"][:-len(" +step in backward")])
+            out.append({"batch": r["batch"], "variant": base["variant"], "overhead": r["sec_per_iter"] / base["sec_per_iter"] - 1,
+                        "overhead_per_round": [a / b - 1 for a, b in zip(r["samples_sec_per_iter"], base["samples_sec_per_iter"])]})
+    return out
 
 
 def meter_cost(rows, watched=3, epoch_iters=25, run_epochs=100):
@@ -639,7 +658,7 @@ def main(argv=None):
     for r in rows:
         r["peak_dtype"] = "tf32" if tf32 and r["precision"] == "fp32" else r["precision"]
     epochs = thesis_epoch(args, variants, device) if args.thesis_epoch else []
-    costs = meter_cost(rows)
+    costs, in_backward = meter_cost(rows), in_backward_cost(rows)
 
     print(f"\nWGAN-GP, {args.img_size}x{args.img_size}, width {args.width} (G {arch.count_params(variants[0].G):,} "
           f"params, D {arch.count_params(variants[0].D):,}), n_critic {args.n_critic}; {device} ({where}); "
@@ -663,6 +682,9 @@ def main(argv=None):
               f"{', '.join(f'{100 * x:+.1f}%' for x in c['active_overhead_per_round'])}); active only for the first 3 "
               f"iterations of a run: {100 * c['amortised_first_epoch']:+.2f}% over a 25-iteration epoch, "
               f"{100 * c['amortised_run']:+.4f}% over 100 epochs")
+    for c in in_backward:
+        print(f"step in backward ({c['variant']}, batch {c['batch']}): {100 * c['overhead']:+.1f}% per iteration (per "
+              f"round {', '.join(f'{100 * x:+.1f}%' for x in c['overhead_per_round'])})")
     if epochs:
         print(f"\nthesis epoch: 200 critic + 25 generator updates at batch {epochs[0]['batch']}, medians of "
               f"{args.epoch_rounds} alternating round(s); thesis: {THESIS_EPOCH['sec']} s on a GTX 1660 Ti (Table 3.1; "
@@ -675,6 +697,7 @@ def main(argv=None):
                                        "device": str(device), "where": where, "torch": torch.__version__,
                                        "matmul_peak_gflop_per_sec": {p: v / 1e9 for p, v in peaks.items()}, "matmul_peak_n": sizes,
                                        "identical_maths": checks, "rows": rows, "meter_cost": costs,
+                                       "step_in_backward_cost": in_backward,
                                        "thesis_epoch": epochs})
 
 

@@ -12,18 +12,22 @@ rows) on random data in [-1, 1] (memory does not depend on the pixels), thesis a
 The iterations are the scripts' own (train_wgan.iteration: --n-critic critic steps and a generator step;
 train_kd.iteration: the teacher under inference_mode, a discriminator and a student step), autocast at
 --precision (the baseline always fp32), no DiffAugment, no EMA (the thesis had none; the scripts' --ema adds one
-generator copy).
+generator copy). Every row but the baseline runs twice, as the scripts do without and with --step-in-backward
+(harness.StepInBackward: each parameter's Adam update inside backward, its gradient freed at once);
+--step-in-backward / --no-step-in-backward keep one of the two.
 
 Memory (harness.MemoryMeter, over the first 3 iterations, the steady state included):
     peak tensors  device-independent: parameters and buffers (frozen ones and the teacher included), gradients,
                   optimizer state and the activations autograd saved, at their largest sum
     peak device   CUDA: torch.cuda.max_memory_allocated; CPU: the peak RSS above the RSS before the models
                   were built (interpreter and libraries left out, allocator slack in)
-    floor         parameters + gradients + optimizer state, in bytes: what any training of that model keeps
-                  however small its batch; the rest of the peak is activations
+    parts         the peak's split: weights (parameters and buffers) / gradients / optimizer state / activations
+    floor         weights + optimizer state + the gradients that must exist at one time (the larger network's
+                  after its backward, as each step frees its own; with the step in backward the largest single
+                  one), in bytes: what training of that model keeps however small its batch
 Ratios: against the thesis' baseline (full torch.Adam, fp32) and against full training at the same settings
-(harness.Adam, --precision); "thesis vs full" is the thesis' own ratio (Table 3.3). Below the table, one line per
-transfer and KD row splits its floor into its parts. s/iter: median of the --iters timed iterations (a WGAN-GP
+(harness.Adam, --precision, the same step); "thesis vs full" is the thesis' own ratio (Table 3.3). Below the
+table, one line per row but the baseline splits its floor into its parts. s/iter: median of the --iters timed iterations (a WGAN-GP
 iteration is --n-critic critic + 1 generator update, a KD iteration 1 D + 1 student update).
 
 Activation checkpointing is left out: the generator's BatchNorm would update its running statistics again
@@ -92,6 +96,8 @@ def worker(args):
         models, lr, betas = [G, D, teacher], 5e-4, (0.0, 0.999)
     adam = torch.optim.Adam if args.row == "full-torch-adam" else harness.Adam
     opt_g, opt_d = adam(harness.trainable(G), lr=lr, betas=betas), adam(harness.trainable(D), lr=lr, betas=betas)
+    in_backward = bool(args.step_in_backward) and args.row != "full-torch-adam"
+    step_g, step_d = (harness.StepInBackward(o, env) if in_backward else o for o in (opt_g, opt_d))
     scaler_g, scaler_d = env.scaler(), env.scaler()
     ema = harness.EMA(G, args.ema) if args.ema and args.row != "full-torch-adam" else None  # as the scripts keep it
     meter = harness.MemoryMeter(device, models + ([ema.model] if ema else []), [opt_g, opt_d])
@@ -102,9 +108,9 @@ def worker(args):
 
     def iteration():  # the scripts' own iterations
         if method == "kd":
-            train_kd.iteration(G, D, teacher, opt_g, opt_d, scaler_g, scaler_d, real, 0.05, env)
+            train_kd.iteration(G, D, teacher, step_g, step_d, scaler_g, scaler_d, real, 0.05, env)
         else:
-            train_wgan.iteration(G, D, opt_g, opt_d, scaler_g, scaler_d, itertools.repeat(real), args.n_critic,
+            train_wgan.iteration(G, D, step_g, step_d, scaler_g, scaler_d, itertools.repeat(real), args.n_critic,
                                  step_args, env)
 
     times = []
@@ -122,12 +128,14 @@ def worker(args):
         print(f"[{args.row}] iteration {i + 1}: {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
     report = meter.report()
     trainable = [p for m in (G, D) for p in harness.trainable(m)]
+    per_network = [tensor_bytes(harness.trainable(m)) for m in (G, D)]  # each step frees its network's gradients
     state = [v for o in (opt_g, opt_d) for s in o.state.values() for v in s.values()
              if isinstance(v, torch.Tensor) and v.numel() > 1]
-    floor = {"params": sum(arch.param_bytes(m) for m in models), "grads": tensor_bytes(trainable),
-             "optimizer": tensor_bytes(state)}
+    grads = max(tensor_bytes([p]) for p in trainable) if in_backward else max(per_network)
+    floor = {"params": sum(arch.param_bytes(m) for m in models), "grads": grads, "optimizer": tensor_bytes(state)}
     print(json.dumps({
         "row": args.row, "method": method, "precision": precision, "optimizer": adam.__module__ + "." + adam.__name__,
+        "step_in_backward": in_backward,
         "batch_size": B, "img_size": args.img_size, "width": args.width, "device": str(device),
         "peak_device_mb": round((meter.device_peak_bytes() - base_rss) / 2**20, 1),
         "peak_device_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "peak_rss_above_start",
@@ -142,9 +150,10 @@ def worker(args):
 
 def add_ratios(rows):
     """Each row against the thesis' baseline (full torch.Adam fp32) and against full training at its settings."""
-    by = {r["row"]: r for r in rows}
-    base, full = by.get("full-torch-adam"), by.get("full")
+    by = {(r["row"], r["step_in_backward"]): r for r in rows}
+    base = by.get(("full-torch-adam", False))
     for r in rows:
+        full = by.get(("full", r["step_in_backward"]))
         for key, ref in (("vs_baseline", base), ("vs_full", full)):
             for what in ("tensor", "device"):
                 r[f"{what}_{key}"] = r[f"peak_{what}_mb"] / ref[f"peak_{what}_mb"] if ref else None
@@ -153,9 +162,9 @@ def add_ratios(rows):
 
 
 def table(rows, markdown):
-    head = ["method", "precision", "peak tensors MB", "vs baseline", "vs full (same settings)", "thesis vs full",
-            "floor MB", "floor vs baseline", "peak device MB", "device vs baseline", "s/iter",
-            "params total / trainable", "generator MB"]
+    head = ["method", "precision", "peak tensors MB", "weights / grads / optimizer / activations MB", "vs baseline",
+            "vs full (same settings)", "thesis vs full", "floor MB", "floor vs baseline", "peak device MB",
+            "device vs baseline", "s/iter", "params total / trainable", "generator MB"]
 
     def ratio(x):
         return "-" if x is None else f"{x:.2f}x"
@@ -163,8 +172,9 @@ def table(rows, markdown):
     def mb(x):
         return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
 
-    body = [[LABELS[r["row"]], r["precision"], mb(r["peak_tensor_mb"]), ratio(r["tensor_vs_baseline"]),
-             ratio(r["tensor_vs_full"]), f"{THESIS_VS_FULL[r['method']]:.2f}x", mb(r["floor_mb"]),
+    body = [[label(r), r["precision"], mb(r["peak_tensor_mb"]),
+             " / ".join(mb(r["peak_tensor_parts_mb"].get(k, 0)) for k in ("params", "grads", "optimizer", "activations")),
+             ratio(r["tensor_vs_baseline"]), ratio(r["tensor_vs_full"]), f"{THESIS_VS_FULL[r['method']]:.2f}x", mb(r["floor_mb"]),
              ratio(r["floor_vs_baseline"]),
              mb(r["peak_device_mb"]), ratio(r["device_vs_baseline"]), f"{r['sec_per_iter']:.3g}",
              f"{r['params_total'] / 1e6:.2f}M / {r['params_trainable'] / 1e6:.2f}M", f"{r['generator_mb']:.1f}"]
@@ -176,17 +186,21 @@ def table(rows, markdown):
 
 
 def floors(rows):
-    """One line per transfer / KD row: its floor's parts and the share of its peak that is activations."""
+    """One line per row but the baseline: its floor's parts, and the gradients and activations at its peak."""
     lines = []
     for r in rows:
-        if r["method"] != "full":
+        if r["row"] != "full-torch-adam":
             parts = ", ".join(f"{k} {v:,.1f}" for k, v in r["floor_parts_mb"].items())
             baseline = "" if r["floor_vs_baseline"] is None else f" = {r['floor_vs_baseline']:.2f}x of the baseline"
-            lines.append(f"{LABELS[r['row']]}: floor (params + grads + optimizer state: {parts} MB) = "
-                         f"{r['floor_mb']:,.1f} MB{baseline}; the other {r['peak_tensor_mb'] - r['floor_mb']:,.1f} MB "
-                         f"of the {r['peak_tensor_mb']:,.1f} MB peak are activations (and the gradients of the step "
-                         f"they overlap)")
+            lines.append(f"{label(r)}: floor (params + grads + optimizer state: {parts} MB) = "
+                         f"{r['floor_mb']:,.1f} MB{baseline}; the {r['peak_tensor_mb']:,.1f} MB peak holds "
+                         f"{r['peak_tensor_parts_mb'].get('grads', 0):,.1f} MB of gradients and "
+                         f"{r['peak_tensor_parts_mb'].get('activations', 0):,.1f} MB of activations")
     return lines
+
+
+def label(row):
+    return LABELS[row["row"]] + (", step in backward" if row["step_in_backward"] else "")
 
 
 def build_parser():
@@ -199,6 +213,9 @@ def build_parser():
     p.add_argument("--batch-size", type=harness.positive_int, default=8, help="images per step (the thesis' KD code: 8)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast of every row but the baseline (always fp32)")
+    p.add_argument("--step-in-backward", action=argparse.BooleanOptionalAction, default=None,
+                   help="every row but the baseline with the optimizer step inside backward (the scripts' "
+                        "--step-in-backward); --no-step-in-backward: without; unset: each row both ways")
     p.add_argument("--n-critic", type=harness.positive_int, default=5, help="critic updates per WGAN-GP iteration")
     p.add_argument("--iters", type=harness.positive_int, default=2, help="timed iterations per row (the meter watches the first 3 in all)")
     p.add_argument("--warmup", type=harness.nonneg_int, default=1, help="untimed iterations first")
@@ -221,14 +238,22 @@ def main(argv=None):
     if args.warmup + args.iters < 2:
         raise harness.UserError("--warmup + --iters must be at least 2: the steady state (optimizer state "
                                 "allocated) starts at the second iteration")
+    modes = [False, True] if args.step_in_backward is None else [args.step_in_backward]
+    if args.precision == "fp16" and True in modes:  # the loss scaler's skipped steps need every gradient at once
+        if args.step_in_backward:
+            raise harness.UserError("--step-in-backward cannot run with --precision fp16 (see train_wgan.py --help)")
+        print("note: --precision fp16: no rows with the step in backward (it refuses fp16)", file=sys.stderr)
+        modes = [False]
     rows = []
     for row in args.rows:
-        print(f"[bench_memory] {row} ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--row", row, "--device", args.device]
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        if res.returncode != 0:
-            raise harness.UserError(f"row {row} failed (exit status {res.returncode}; its error is above)")
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        for in_backward in modes if row != "full-torch-adam" else [False]:
+            print(f"[bench_memory] {row}{' in backward' if in_backward else ''} ...", file=sys.stderr, flush=True)
+            cmd = [sys.executable, os.path.abspath(__file__), *argv, "--row", row, "--device", args.device,
+                   "--step-in-backward" if in_backward else "--no-step-in-backward"]
+            res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            if res.returncode != 0:
+                raise harness.UserError(f"row {row} failed (exit status {res.returncode}; its error is above)")
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     add_ratios(rows)
     if args.json:
         harness.write_json(args.json, rows)

@@ -1,9 +1,10 @@
 """The small training harness of train_wgan.py, train_transfer.py and train_kd.py: what a loop needs besides its
 algorithm, as short functions and small classes that the loop calls visibly; none writes a file or installs a
 handler unless its name says so. setup (device, seeds, precision, torchrun), open_run (--out and --resume checked
-before anything slow), optimize (backward, gradients averaged over processes, Adam step), restore and gather_ranks
-(a checkpoint's parts besides the loop's own), StopFlag (SIGINT/SIGTERM), Clock, MemoryMeter (peak training
-memory), and the calls at the end of an epoch: check_finite, log_epoch, snapshot, save, run_summary.
+before anything slow), optimize (backward, gradients averaged over processes, Adam step), StepInBackward (the step
+inside backward instead), restore and gather_ranks (a checkpoint's parts besides the loop's own), StopFlag
+(SIGINT/SIGTERM), Clock, MemoryMeter (peak training memory), and the calls at the end of an epoch: check_finite,
+log_epoch, snapshot, save, run_summary.
 """
 import argparse
 import contextlib
@@ -115,6 +116,9 @@ def add_run_args(p, data_default="demo:cats", out_default="runs/wgan"):
     p.add_argument("--flip", action="store_true", help="random horizontal flips of the real images")
     p.add_argument("--cache-dir", default=None, help="where decoded datasets are cached (None: $GANOPT_CACHE or ~/.cache/ganopt)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (None: torch's choice)")
+    p.add_argument("--step-in-backward", action=argparse.BooleanOptionalAction, default=False,
+                   help="run each parameter's Adam update inside backward as soon as its gradient is complete, then free "
+                        "that gradient: no gradient buffers (less memory, the same updates); not with fp16")
     return p
 
 
@@ -219,11 +223,13 @@ class Adam(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
 
     @torch.no_grad()
-    def step(self):
+    def step(self, params=None):
+        """Update every parameter that has a gradient; with `params`, only those (`StepInBackward`: one at a time)."""
+        only = None if params is None else {id(p) for p in params}
         for group in self.param_groups:
             (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
             for p in group["params"]:
-                if p.grad is None:
+                if p.grad is None or (only is not None and id(p) not in only):
                     continue
                 state = self.state[p]
                 if not state:
@@ -246,10 +252,13 @@ def trainable(model):
 
 def optimize(loss, model, opt, scaler, env):
     """backward, gradients averaged over processes, one optimizer step (loss-scaled under fp16), gradients freed.
+    With `opt` a `StepInBackward`, backward alone: it averages, steps and frees each parameter's gradient itself.
 
     Returns False when fp16 loss scaling skipped the step (the scaled gradients overflowed: by design while the
     scale settles, then the scale halves); a scale that keeps collapsing is a divergence and stops the run."""
     scaler.scale(loss).backward()
+    if isinstance(opt, StepInBackward):
+        return True
     if env.world_size > 1:
         average_gradients(model, env.world_size)
     scale = scaler.get_scale() if scaler.is_enabled() else None  # fp16 only: reading it waits for the GPU
@@ -262,6 +271,37 @@ def optimize(loss, model, opt, scaler, env):
         raise UserError(f"fp16 loss scale collapsed to {scaler.get_scale():.2g}: the gradients overflow at every "
                         f"step (diverged); use --precision bf16 or fp32, or a lower --lr")
     return scaler.get_scale() >= scale
+
+
+class StepInBackward:
+    """`opt`'s step fused into backward (`--step-in-backward`): each parameter is updated the moment backward has
+    completed its gradient, which is freed at once, so gradients never exist for all parameters together. The
+    update is `opt.step`'s own, so weights, state and `opt.state_dict()` are those of the step after backward.
+
+    Pass it to `optimize` in place of `opt` (checkpoints keep `opt`). A parameter's hook fires once per backward,
+    after the last contribution to its gradient: `autograd.grad(create_graph=True)` (the gradient penalty)
+    accumulates into no `.grad`, so the loss's backward alone steps; parameters whose requires_grad is off (the
+    critic during the generator step) get no gradient and no step. Under torchrun each gradient is averaged over
+    the processes in its hook (every process completes the parameters in the same order: the same graph).
+    fp16 is refused: GradScaler skips the whole step when any gradient overflowed, known only once all exist."""
+
+    def __init__(self, opt, env):
+        if env.precision == "fp16":
+            raise UserError("--step-in-backward cannot run with --precision fp16: the loss scaler skips a step when any "
+                            "gradient overflowed, known only after backward (use bf16 or fp32, or drop the flag)")
+        self.opt, self.world_size = opt, env.world_size
+        self.handles = [p.register_post_accumulate_grad_hook(self._step) for g in opt.param_groups for p in g["params"]]
+
+    def _step(self, p):
+        if self.world_size > 1:
+            dist.all_reduce(p.grad)
+            p.grad.div_(self.world_size)
+        self.opt.step(params=(p,))  # the optimizer's own update, and its step hooks (the memory meter samples)
+        p.grad = None
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
 
 
 def logged(stats, stepped):
@@ -466,9 +506,10 @@ class MemoryMeter:
 
     device: on CUDA `torch.cuda.max_memory_allocated`; on CPU the process' peak resident set size (VmHWM, reset
         at `start()`), which includes the interpreter and allocator slack, too coarse to compare methods; hence
-    tensors: a device-independent count of what training holds: parameters and buffers, gradients, optimizer
-        state (read around every optimizer step) and the activations autograd saved for backward (counted live
-        through saved_tensors_hooks, each storage once). Transient workspace is not counted.
+    tensors: a device-independent count of what training holds: parameters and buffers, optimizer state (read
+        around every optimizer step), gradients (read whenever the sum can grow: as backward completes each one,
+        and at every saved activation) and the activations autograd saved for backward (counted live through
+        saved_tensors_hooks, each storage once). Transient workspace is not counted.
     The hooks cost time, and the peak repeats every iteration once the optimizer state exists, so they watch only
     the first `watch_iterations` iterations after each start; `hooks()` is a no-op after that.
     """
@@ -476,8 +517,10 @@ class MemoryMeter:
     def __init__(self, device, models, optimizers, watch_iterations=3):
         self.device, self.models, self.optimizers = torch.device(device), list(models), list(optimizers)
         self.watch_iterations, self.left, self.live, self.live_bytes = watch_iterations, 0, {}, 0
-        self.peak_bytes, self.peak_parts, self.static, self._param_keys = 0, {}, {}, set()
+        self.peak_bytes, self.peak_parts, self._param_keys = 0, {}, set()
+        self.static = {"params": 0, "optimizer": 0}
         self.window_device_peak = None
+        self.params = list({id(p): p for m in self.models for p in m.parameters()}.values())
         for opt in self.optimizers:  # gradients and optimizer state both exist just before and after a step
             opt.register_step_pre_hook(lambda *a: self.sample())
             opt.register_step_post_hook(lambda *a: self.sample())
@@ -498,23 +541,25 @@ class MemoryMeter:
     def sample(self, force=False):
         if not (force or self.left > 0):
             return
-        seen, parts = set(), {"params": 0, "grads": 0, "optimizer": 0}
+        seen, parts = set(), {"params": 0, "optimizer": 0}
         for m in self.models:
             for t in list(m.parameters()) + list(m.buffers()):
                 key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
                 if key not in seen:
                     seen.add(key)
                     parts["params"] += key[1]
-            parts["grads"] += sum(p.grad.untyped_storage().nbytes() for p in m.parameters() if p.grad is not None)
         parts["optimizer"] = sum(v.untyped_storage().nbytes() for o in self.optimizers for s in o.state.values()
                                  for v in s.values() if isinstance(v, torch.Tensor) and v.numel() > 1)
         self._param_keys, self.static = seen, parts
         self._update_peak()
 
-    def _update_peak(self):
-        total = sum(self.static.values()) + self.live_bytes
+    def _update_peak(self, *_):
+        grads = sum(p.grad.untyped_storage().nbytes() for p in self.params if p.grad is not None)
+        total = sum(self.static.values()) + grads + self.live_bytes
         if total > self.peak_bytes:
-            self.peak_bytes, self.peak_parts = total, dict(self.static, activations=self.live_bytes)
+            self.peak_bytes = total
+            self.peak_parts = {"params": self.static["params"], "grads": grads,
+                               "optimizer": self.static["optimizer"], "activations": self.live_bytes}
 
     def _pack(self, t):
         key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
@@ -541,8 +586,14 @@ class MemoryMeter:
         if self.left <= 0:
             yield
             return
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda s: s.tensor if isinstance(s, _Saved) else s):
-            yield
+        # gradients grow during backward while activations are freed: look as each one completes
+        handles = [p.register_post_accumulate_grad_hook(self._update_peak) for p in self.params if p.requires_grad]
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda s: s.tensor if isinstance(s, _Saved) else s):
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
         self.left -= 1  # after the iteration: its optimizer steps were sampled too
         if self.left == 0:  # the device peak of training alone: evaluations come later and are not counted
             self.window_device_peak = self.device_peak_bytes()

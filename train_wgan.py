@@ -126,6 +126,8 @@ def train(args, env, G, D, batches, script="train_wgan", resume=None, summary=No
     ema = harness.EMA(G, args.ema) if args.ema else None
     sampler = ema.model if ema else G  # the weights snapshots and evaluations show
     augment = functools.partial(data.diffaug, policy=args.diffaug)
+    # --step-in-backward: each parameter's update runs inside backward (no gradient buffers); checkpoints keep opt_*
+    step_g, step_d = (harness.StepInBackward(o, env) if args.step_in_backward else o for o in (opt_g, opt_d))
     trained = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g, "scaler_d": scaler_d}
     done = harness.restore(resume, trained, ema, batches, env, args.seed)  # where to start: epoch, step, ...
     harness.broadcast_models([G, D] + ([ema.model] if ema else []), env)  # every process starts from rank 0's
@@ -165,7 +167,7 @@ def train(args, env, G, D, batches, script="train_wgan", resume=None, summary=No
             # critic trained on another domain first learns the new one before its gradients move G
             n_critic = args.warmup_n_critic if step < args.warmup_iters else args.n_critic
             with meter.hooks():  # counts what training holds, over the first iterations
-                losses[it] = iteration(G, D, opt_g, opt_d, scaler_g, scaler_d, batches, n_critic, args, env, augment)
+                losses[it] = iteration(G, D, step_g, step_d, scaler_g, scaler_d, batches, n_critic, args, env, augment)
             step += 1
             images += global_batch
             if ema:

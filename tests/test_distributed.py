@@ -87,24 +87,26 @@ def wgan_models(transfer, seed=0):
     return G.train(), D.train()
 
 
-def wgan_iterations(env, batch_size, rows, per_half, transfer=False, iterations=1, seed=0):
-    """`iterations` of train_wgan.train's loop body: n_critic critic steps (with the penalty), one generator step."""
+def wgan_iterations(env, batch_size, rows, per_half, transfer=False, iterations=1, seed=0, in_backward=False):
+    """`iterations` of train_wgan.train's loop body: n_critic critic steps (with the penalty), one generator step;
+    `in_backward`: each parameter stepped inside backward (--step-in-backward), its gradient averaged in its hook."""
     args = wgan_args(batch_size)
     G, D = wgan_models(transfer, seed)
     harness.broadcast_models([G, D], env)
     opt_g = harness.Adam(harness.trainable(G), lr=args.lr, betas=args.betas)
     opt_d = harness.Adam(harness.trainable(D), lr=args.lr, betas=args.betas)
     scaler_g, scaler_d = env.scaler(), env.scaler()
+    step_g, step_d = (harness.StepInBackward(o, env) if in_backward else o for o in (opt_g, opt_d))
     reals = real_batches(iterations * args.n_critic, rows)
     losses = []
     for i in range(iterations):
         for real in reals[i * args.n_critic:(i + 1) * args.n_critic]:
-            losses.append(train_wgan.critic_step(per_half(G), D, opt_d, scaler_d, real, args, env, AUGMENT))
-        losses.append(train_wgan.generator_step(per_half(G), D, opt_g, scaler_g, args, env, AUGMENT)[None])
+            losses.append(train_wgan.critic_step(per_half(G), D, step_d, scaler_d, real, args, env, AUGMENT))
+        losses.append(train_wgan.generator_step(per_half(G), D, step_g, scaler_g, args, env, AUGMENT)[None])
     return training_state(G, D, opt_g, opt_d, torch.cat(losses))
 
 
-def kd_iteration(env, rows, per_half, alpha=0.05):
+def kd_iteration(env, rows, per_half, alpha=0.05, in_backward=False):
     """One iteration of train_kd.main's loop body, with a frozen bf16 teacher in eval mode."""
     torch.manual_seed(1)
     teacher = arch.Generator(nz=100, img_size=32, width=0.125).apply(arch.weights_init).requires_grad_(False)
@@ -115,14 +117,15 @@ def kd_iteration(env, rows, per_half, alpha=0.05):
     D.apply(arch.weights_init)
     G.train(), D.train()
     opt_g, opt_d = harness.Adam(G.parameters(), lr=5e-4, betas=(0.0, 0.999)), harness.Adam(D.parameters(), lr=5e-4, betas=(0.0, 0.999))
+    step_g, step_d = (harness.StepInBackward(o, env) if in_backward else o for o in (opt_g, opt_d))
     (real,) = real_batches(1, rows)
     z = torch.randn(real.size(0), 100, 1, 1)
     with torch.inference_mode():
         target = teacher(z).float()
     target = target.clone()
     fake = per_half(G)(z).float()
-    d_loss = train_kd.discriminator_step(D, opt_d, env.scaler(), real, fake, env, AUGMENT)
-    g_losses = train_kd.student_step(G, D, opt_g, env.scaler(), fake, target, alpha, env, AUGMENT)
+    d_loss = train_kd.discriminator_step(D, step_d, env.scaler(), real, fake, env, AUGMENT)
+    g_losses = train_kd.student_step(G, D, step_g, env.scaler(), fake, target, alpha, env, AUGMENT)
     return training_state(G, D, opt_g, opt_d, torch.cat([d_loss[None], g_losses]))
 
 
@@ -151,7 +154,10 @@ def _worker(rank, port, out):
     share = slice(rank * B, (rank + 1) * B)
     for name, run in (("wgan", lambda: wgan_iterations(env, B, share, lambda G: G)),
                       ("transfer", lambda: wgan_iterations(env, B, share, lambda G: G, transfer=True)),
-                      ("kd", lambda: kd_iteration(env, share, lambda G: G))):
+                      ("kd", lambda: kd_iteration(env, share, lambda G: G)),
+                      ("wgan in backward", lambda: wgan_iterations(env, B, share, lambda G: G, in_backward=True)),
+                      ("transfer in backward", lambda: wgan_iterations(env, B, share, lambda G: G, transfer=True, in_backward=True)),
+                      ("kd in backward", lambda: kd_iteration(env, share, lambda G: G, in_backward=True))):
         with SharedDraws(WORLD * B, rank * B) as draws:
             result[name] = run()
         result[name]["draws"] = draws.count
@@ -245,11 +251,12 @@ def assert_same_training(two, ref):
             assert torch.equal(two[net][name], ref[net][name]), name
 
 
-@pytest.mark.parametrize("name", ["wgan", "transfer", "kd"])
+@pytest.mark.parametrize("name", ["wgan", "transfer", "kd", "wgan in backward", "transfer in backward", "kd in backward"])
 def test_two_processes_over_2b_equal_one_process_over_the_same_2b(ranks, name):
-    ref = reference(name)
+    """`in backward`: --step-in-backward, each gradient averaged in its own hook, against the same reference."""
+    ref = reference(name.split()[0])
     assert ranks[0][name]["draws"] == ranks[1][name]["draws"] == ref["draws"] > 0
-    if name == "transfer":  # the frozen blocks took part as in train_transfer.py: no gradient, no Adam state
+    if name.startswith("transfer"):  # the frozen blocks took part as in train_transfer.py: no gradient, no Adam state
         assert len(ref["trainable_G"]) < len(ref["G"]) and len(ref["trainable_D"]) < len(ref["D"])
     # the losses each rank saw (means over its B) average to the reference's (means over 2B): the same samples
     torch.testing.assert_close((ranks[0][name]["losses"] + ranks[1][name]["losses"]) / 2, ref["losses"], rtol=1e-4, atol=1e-6)
