@@ -275,7 +275,7 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(straight_runs, tmp_path, 
     inside, _ = straight_runs
     out = str(tmp_path / "stopped")
     updates = []
-    monkeypatch.setattr(harness.Run, "stop_requested", lambda self: updates.append(1) or len(updates) == 3)
+    monkeypatch.setattr(harness.StopFlag, "requested", lambda self, env: updates.append(1) or len(updates) == 3)
     with pytest.raises(SystemExit) as stop:
         train_wgan.main(TINY + ["--epochs", "3", "--out", out, "--step-in-backward"])
     assert stop.value.code == 128 + 15
