@@ -371,9 +371,13 @@ def test_bench_memory_trains_with_the_scripts_iterations(tmp_path):
                           "kd-bf16", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = json.loads(out.read_text())
-    assert [r["row"] for r in rows] == ["full", "kd-bf16"]
+    # each row without and with --step-in-backward, whose floor holds one parameter's gradient instead of a network's
+    assert [(r["row"], r["step_in_backward"]) for r in rows] == [("full", False), ("full", True),
+                                                                ("kd-bf16", False), ("kd-bf16", True)]
     assert all(r["peak_tensor_mb"] >= r["floor_mb"] > 0 for r in rows), rows
+    assert all(a["floor_mb"] > b["floor_mb"] for a, b in (rows[:2], rows[2:])), rows
     assert "KD, teacher bf16: floor (params + grads + optimizer state" in res.stdout
+    assert "KD, teacher bf16, step in backward: floor (params + grads + optimizer state" in res.stdout
 
 
 def saved_activation_peaks(G, D, steps):
