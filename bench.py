@@ -120,7 +120,8 @@ class Variant:
     """G, D, their optimizers and loss scalers, stepped the textbook way or ours (at a precision, optionally with
     the memory meter's hooks or compiled)."""
 
-    def __init__(self, name, G, D, device, precision="fp32", textbook=False, meter=False, compiled=False, in_backward=False):
+    def __init__(self, name, G, D, device, precision="fp32", textbook=False, meter=False, compiled=False,
+                 in_backward=False):
         self.name, self.precision, self.textbook, self.compiled, self.device = name, precision, textbook, compiled, device
         adam = torch.optim.Adam if textbook else harness.Adam
         self.opt_g = adam(harness.trainable(G), lr=LR, betas=BETAS)
@@ -130,7 +131,8 @@ class Variant:
         self.G, self.D, self.eager_D = (torch.compile(G), torch.compile(D), D) if compiled else (G, D, D)
         self.env = harness.Env(device, precision=precision)
         self.in_backward = in_backward
-        self.step_g, self.step_d = (harness.StepInBackward(o, self.env) if in_backward else o for o in (self.opt_g, self.opt_d))
+        self.step_g, self.step_d = (harness.StepInBackward(o, self.env) if in_backward else o
+                                    for o in (self.opt_g, self.opt_d))
         self.scaler_g, self.scaler_d = self.env.scaler(), self.env.scaler()
         self.args = argparse.Namespace(nz=NZ, lambda_gp=LAMBDA_GP, batch_size=None)
         self.meter = None
@@ -489,9 +491,11 @@ def in_backward_cost(rows):
     out = []
     for r in rows:
         if r["variant"].endswith("+step in backward") and not r.get("failed"):
-            base = next(x for x in rows if x["batch"] == r["batch"] and x["variant"] == r["variant"][:-len(" +step in backward")])
-            out.append({"batch": r["batch"], "variant": base["variant"], "overhead": r["sec_per_iter"] / base["sec_per_iter"] - 1,
-                        "overhead_per_round": [a / b - 1 for a, b in zip(r["samples_sec_per_iter"], base["samples_sec_per_iter"])]})
+            name = r["variant"][:-len(" +step in backward")]
+            base = next(x for x in rows if x["batch"] == r["batch"] and x["variant"] == name)
+            per_round = [a / b - 1 for a, b in zip(r["samples_sec_per_iter"], base["samples_sec_per_iter"])]
+            out.append({"batch": r["batch"], "variant": name, "overhead": r["sec_per_iter"] / base["sec_per_iter"] - 1,
+                        "overhead_per_round": per_round})
     return out
 
 

@@ -27,8 +27,8 @@ Memory (harness.MemoryMeter, over the first 3 iterations, the steady state inclu
                   one), in bytes: what training of that model keeps however small its batch
 Ratios: against the thesis' baseline (full torch.Adam, fp32) and against full training at the same settings
 (harness.Adam, --precision, the same step); "thesis vs full" is the thesis' own ratio (Table 3.3). Below the
-table, one line per row but the baseline splits its floor into its parts. s/iter: median of the --iters timed iterations (a WGAN-GP
-iteration is --n-critic critic + 1 generator update, a KD iteration 1 D + 1 student update).
+table, one line per row but the baseline splits its floor into its parts. s/iter: median of the --iters timed
+iterations (a WGAN-GP iteration is --n-critic critic + 1 generator update, a KD iteration 1 D + 1 student update).
 
 Activation checkpointing is left out: the generator's BatchNorm would update its running statistics again
 when a block is recomputed, and the critic's blocks sit inside the gradient penalty's double backward; and
@@ -174,7 +174,8 @@ def table(rows, markdown):
 
     body = [[label(r), r["precision"], mb(r["peak_tensor_mb"]),
              " / ".join(mb(r["peak_tensor_parts_mb"].get(k, 0)) for k in ("params", "grads", "optimizer", "activations")),
-             ratio(r["tensor_vs_baseline"]), ratio(r["tensor_vs_full"]), f"{THESIS_VS_FULL[r['method']]:.2f}x", mb(r["floor_mb"]),
+             ratio(r["tensor_vs_baseline"]), ratio(r["tensor_vs_full"]), f"{THESIS_VS_FULL[r['method']]:.2f}x",
+             mb(r["floor_mb"]),
              ratio(r["floor_vs_baseline"]),
              mb(r["peak_device_mb"]), ratio(r["device_vs_baseline"]), f"{r['sec_per_iter']:.3g}",
              f"{r['params_total'] / 1e6:.2f}M / {r['params_trainable'] / 1e6:.2f}M", f"{r['generator_mb']:.1f}"]

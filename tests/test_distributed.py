@@ -156,7 +156,8 @@ def _worker(rank, port, out):
                       ("transfer", lambda: wgan_iterations(env, B, share, lambda G: G, transfer=True)),
                       ("kd", lambda: kd_iteration(env, share, lambda G: G)),
                       ("wgan in backward", lambda: wgan_iterations(env, B, share, lambda G: G, in_backward=True)),
-                      ("transfer in backward", lambda: wgan_iterations(env, B, share, lambda G: G, transfer=True, in_backward=True)),
+                      ("transfer in backward",
+                       lambda: wgan_iterations(env, B, share, lambda G: G, transfer=True, in_backward=True)),
                       ("kd in backward", lambda: kd_iteration(env, share, lambda G: G, in_backward=True))):
         with SharedDraws(WORLD * B, rank * B) as draws:
             result[name] = run()
