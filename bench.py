@@ -520,7 +520,7 @@ def thesis_epoch(args, variants, device):
     """Seconds for the thesis' epoch (200 critic + 25 generator updates) per variant, alternating over rounds."""
     batch = max(args.batch_sizes)
     real = real_batches(args, batch, device, 1)[0]
-    live = [v for v in variants if not v.failed and not v.meter]
+    live = [v for v in variants if not v.failed and not v.meter and not v.in_backward]  # its cost: the rounds above
     per_gen = THESIS_EPOCH["critic"] // THESIS_EPOCH["generator"]
 
     def epoch(v):

@@ -5,7 +5,8 @@
 #                            128x128, batch 64, MFU; and the thesis epoch (200 critic + 25 generator updates at
 #                            batch 64) against the thesis' 59.5 s
 #   3. bench_memory.py       full / transfer / KD training memory (max_memory_allocated and tensor peak), batch 8
-#                            (the thesis' KD batch) and 64
+#                            (the thesis' KD batch) and 64: the scripts' defaults (frozen weights and teacher in
+#                            bf16), each without and with --step-in-backward, against the thesis' baseline
 #   4. bench.py --compile    bf16, batch 64, whatever time is left
 # Every step writes its table (.md), numbers (.json) and log (.log) into OUTDIR; OUTDIR/status.txt has each
 # step's exit status and seconds. A failed step does not stop the others; the exit status is 1 if any failed.
@@ -59,8 +60,8 @@ step pytest_cuda 150 "$py" -m pytest -m cuda tests/test_cuda.py -q -rsx -p no:ca
 step bench_speed 200 "$py" bench.py "${dev[@]}" "${size[@]}" "${speed[@]}" --precision fp32,bf16,fp16 \
     --thesis-epoch --markdown --json "$out/bench_speed.json"
 for b in "${mem_batches[@]}"; do
-    step "bench_memory_b$b" 60 "$py" bench_memory.py "${dev[@]}" "${size[@]}" --batch-size "$b" --markdown \
-        --json "$out/bench_memory_b$b.json"
+    step "bench_memory_b$b" 90 "$py" bench_memory.py "${dev[@]}" "${size[@]}" --batch-size "$b" --markdown \
+        --rows full-torch-adam full transfer-bf16 kd-bf16 --json "$out/bench_memory_b$b.json"
 done
 step bench_compile 150 "$py" bench.py "${dev[@]}" "${size[@]}" "${speed[@]}" --precision bf16 --compile --no-check \
     --no-memory --markdown --json "$out/bench_compile.json"
