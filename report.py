@@ -486,10 +486,9 @@ def _font(size=14):
         return ImageFont.load_default()
 
 
-def _snapshot_rows(run_dir, max_rows=8):
+def _snapshot_rows(run_dir, max_rows=8, warnings=None):
     """[(epoch, row image)] from <run>/snapshots/epoch_*.png, at most `max_rows` evenly spread (last kept);
-    falls back to the one timeline.png (epoch None) when there are no snapshots."""
-    from PIL import Image
+    falls back to the one timeline.png (epoch None) when there are no snapshots; unreadable files are left out."""
     files = sorted(glob.glob(os.path.join(run_dir, "snapshots", "epoch_*.png")))
     if len(files) > max_rows:
         idx = sorted({round(i * (len(files) - 1) / (max_rows - 1)) for i in range(max_rows)})
@@ -497,12 +496,26 @@ def _snapshot_rows(run_dir, max_rows=8):
     rows = []
     for f in files:
         m = re.search(r"epoch_(\d+)\.png$", f)
-        with Image.open(f) as im:
-            rows.append((int(m.group(1)), im.convert("RGB")))
+        image = _read_image(f, warnings)
+        if image:
+            rows.append((int(m.group(1)), image))
     if not rows and os.path.isfile(os.path.join(run_dir, "timeline.png")):
-        with Image.open(os.path.join(run_dir, "timeline.png")) as im:
-            rows.append((None, im.convert("RGB")))
+        image = _read_image(os.path.join(run_dir, "timeline.png"), warnings)
+        if image:
+            rows.append((None, image))
     return rows
+
+
+def _read_image(path, warnings=None):
+    """An RGB PIL image, or None (a warning appended) for a file that is empty, truncated or not an image."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for broken files
+        if warnings is not None:
+            warnings.append(f"{path}: cannot read it ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}); left out")
+        return None
 
 
 def stage_label(runs, stage):
@@ -523,7 +536,7 @@ def timelines_figure(runs, path, max_rows=8):
     for band in bands:
         panels.append([])
         for stage in band:
-            rows = _snapshot_rows(os.path.join(runs["root"], stage), max_rows)
+            rows = _snapshot_rows(os.path.join(runs["root"], stage), max_rows, runs["warnings"])
             if rows:
                 panels[-1].append((stage, stage_label(runs, stage), rows))
             else:
@@ -557,16 +570,15 @@ def timelines_figure(runs, path, max_rows=8):
     return [stage for band in panels for stage, _, _ in band]
 
 
-def sample_grid(folder, path, n=36, ncol=6):
+def sample_grid(folder, path, n=36, ncol=6, warnings=None):
     """The first `n` NNNNN.png images of a samples folder as one grid (2 px white padding); False if none."""
     from PIL import Image
     files = sorted(f for f in glob.glob(os.path.join(folder, "*.png")) if re.fullmatch(r"\d+\.png", os.path.basename(f)))[:n]
     if not files:
         return False
-    images = []
-    for f in files:
-        with Image.open(f) as im:
-            images.append(im.convert("RGB"))
+    images = [im for im in (_read_image(f, warnings) for f in files) if im is not None]
+    if not images:
+        return False
     w, h = images[0].width, images[0].height
     nrow = math.ceil(len(images) / ncol)
     cols = min(ncol, len(images))
@@ -766,7 +778,7 @@ def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05, variants=()):
     drawn = timelines_figure(runs, os.path.join(out, "timelines.png"))
     grids = []
     for stage in runs["stages"]:
-        if sample_grid(os.path.join(runs_dir, "samples", stage), os.path.join(out, f"grid_{stage}.png")):
+        if sample_grid(os.path.join(runs_dir, "samples", stage), os.path.join(out, f"grid_{stage}.png"), warnings=runs["warnings"]):
             grids.append(stage)
         else:
             runs["warnings"].append(f"{stage}: no samples in samples/{stage}; no grid_{stage}.png")
