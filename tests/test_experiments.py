@@ -64,7 +64,7 @@ def study(tmp_path_factory):
             torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
     weights = tmp / "random_inception.pth"
     torch.save(net.state_dict(), weights)
-    out = tmp / "out"
+    out = tmp / "study out"  # a space in the path: every path in the script is quoted
     # the demo chain, shortened: the full --demo (minutes) is for people; this checks every stage and cell
     cmd = ["bash", SCRIPT, "--demo", "--out", str(out), "--weights", str(weights), "--device", "cpu",
            "--epochs-teacher", "2", "--epochs-transfer", "2", "--epochs-kd", "1", "--iters-per-epoch", "2",
@@ -151,6 +151,17 @@ def test_second_run_skips_every_stage(study):
     assert "train_wgan.py" not in second.stdout and "compute_fid.py" not in second.stdout
 
 
+def test_another_size_or_width_on_the_same_out_is_refused_before_anything_changes(study, tmp_path):
+    out = study[0]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    for flags, trained in ((["--size", "64"], "--size 32 --width 0.25"), (["--width", "0.5"], "--size 32 --width 0.25")):
+        r = subprocess.run(["bash", SCRIPT, "--demo", "--out", str(out), *flags], cwd=ROOT, env=env_for(tmp_path),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"was trained with {trained}: pass those, or another --out" in r.stderr, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
 def test_help_and_bad_flags(tmp_path):
     exe = subprocess.run([SCRIPT, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)  # ./experiments.sh
     assert exe.returncode == 0 and "--epochs-teacher" in exe.stdout and "--demo" in exe.stdout
@@ -164,4 +175,10 @@ def test_help_and_bad_flags(tmp_path):
     ok = subprocess.run(["bash", SCRIPT, "--size", "64", "--data1", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert ok.returncode == 2 and "neither a folder nor a demo spec" in ok.stderr
+    for flags, says in ((["--out", ""], "OUT is empty"), (["--size", "33"], "SIZE must be a power of two from 32"),
+                        (["--size", "16"], "SIZE must be a power of two from 32")):
+        bad = subprocess.run(["bash", SCRIPT, *flags], cwd=tmp_path, env=env_for(tmp_path), capture_output=True,
+                             text=True, timeout=30)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and says in bad.stderr, bad.stderr
+    assert os.listdir(tmp_path) == []  # refused before anything was made (--out "" would have meant /)
     assert not (tmp_path / "o").exists()
