@@ -18,6 +18,8 @@ Reproduces the thesis' Tables 3.1-3.3 in one go. Stages, all under --out (defaul
   real1/, real2/     the real images FID compares against, as training sees them (same crop, --size):
                      a demo spec's first N (data.py demo); a folder's copy (data.py prepare), of which
                      compute_fid.py takes a fixed-seed random subset of N (--max-images N --seed 0)
+  memory/<stage>/     the stage's command for 3 iterations without evaluations: its training memory, the
+                     figure Table 3.1 reports (every method measured by the same code in a fresh process)
   fid/ref_data1.npz, ref_data2.npz   Inception statistics of the real images (compute_fid.py --save-stats)
   fid/gen_<stage>.npz                 Inception statistics of each model's samples
   fid/<stage>.json   FID + KID vs its own dataset (teacher, kd_*: data 1; the rest: data 2), with the std of
@@ -292,9 +294,21 @@ train() {
     if [[ -n "$have" ]]; then say "$stage: running (extending $have -> $epochs epochs)"
     elif [[ -f "$dir/ckpt.pt" ]]; then say "$stage: running (resuming an interrupted run)"
     else say "$stage: running"; fi
-    run "$PY" "$HERE/$script" "$@" --epochs "$epochs" --snapshot-every "$(snap_every "$epochs")" \
+    run "$PY" "$HERE/$script" "$@" "${EVAL[@]}" --epochs "$epochs" --snapshot-every "$(snap_every "$epochs")" \
         "${common_train[@]}" --out "$dir" --resume
     [[ "$(summary_epochs "$dir/summary.json")" == "$epochs" ]] || die "$stage: no summary.json with $epochs epochs after training"
+}
+
+# memory STAGE SCRIPT ARGS...: OUT/memory/STAGE, the stage's command without evaluations for 3 iterations (the
+# memory meter's window) in a fresh process: every method's training memory measured by the same code, none of
+# it the evaluator's. Redone when the stage was retrained.
+memory() {
+    local stage="$1" script="$2"; shift 2
+    local dir="$OUT/memory/$stage"
+    if up_to_date "$dir/summary.json" "$OUT/$stage/summary.json"; then say "memory/$stage: done, skipping"; return; fi
+    say "memory/$stage: running"
+    rm -rf -- "$dir"
+    run "$PY" "$HERE/$script" "$@" "${common_train[@]}" --epochs 1 --iters-per-epoch 3 --snapshot-every 1 --out "$dir"
 }
 
 # The evaluation steps (createsamples.py, data.py demo, compute_fid.py) are cheap next to the start of a Python
@@ -441,14 +455,18 @@ wgan=(--width "$WIDTH" --batch-size "$BATCH_SIZE")
 [[ -n "$N_CRITIC" ]] && wgan+=(--n-critic "$N_CRITIC")
 [[ -n "$LR" ]] && wgan+=(--lr "$LR")
 eval_args 1 "$EPOCHS_TEACHER"
-train teacher "$EPOCHS_TEACHER" train_wgan.py --data "$DATA1" "${wgan[@]}" "${EVAL[@]}"
+stage() {  # stage NAME EPOCHS SCRIPT ARGS...: train it (with EVAL), then measure its training memory
+    local name="$1" epochs="$2"; shift 2
+    train "$name" "$epochs" "$@"
+    memory "$name" "$@"
+}
+stage teacher "$EPOCHS_TEACHER" train_wgan.py --data "$DATA1" "${wgan[@]}"
 eval_args 2 "$EPOCHS_TRANSFER"
-train full "$EPOCHS_TRANSFER" train_transfer.py --freeze-g 0 --freeze-d 0 --data "$DATA2" "${wgan[@]}" "${EVAL[@]}"
-train transfer "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}" "${EVAL[@]}"
+stage full "$EPOCHS_TRANSFER" train_transfer.py --freeze-g 0 --freeze-d 0 --data "$DATA2" "${wgan[@]}"
+stage transfer "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}"
 for v in "${VARIANT_LIST[@]}"; do
     read -r -a vflags <<< "${VARIANT_FLAGS[$v]}"
-    train "$v" "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}" "${vflags[@]}" \
-        "${EVAL[@]}"
+    stage "$v" "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}" "${vflags[@]}"
 done
 KD_STAGES=()
 kd_alpha=0.05
@@ -460,8 +478,8 @@ for a in "${ALPHA_LIST[@]}"; do
     EVAL=()
     [[ "$a" == "$kd_alpha" ]] && eval_args 1 "$EPOCHS_KD"
     # img size and nz come from the teacher (train_kd.py refuses a mismatch, so --img-size is passed as a check)
-    train "kd_a$a" "$EPOCHS_KD" train_kd.py --teacher "$OUT/teacher/generator.pt" --data "$DATA1" \
-        --width "$WIDTH" --batch-size "$KD_BATCH_SIZE" --alpha "$a" "${kd_lr[@]}" "${EVAL[@]}"
+    stage "kd_a$a" "$EPOCHS_KD" train_kd.py --teacher "$OUT/teacher/generator.pt" --data "$DATA1" \
+        --width "$WIDTH" --batch-size "$KD_BATCH_SIZE" --alpha "$a" "${kd_lr[@]}"
 done
 
 DATA2_STAGES=(full transfer "${VARIANT_LIST[@]}")

@@ -1,6 +1,7 @@
 """The thesis' result tables 3.1-3.3 from a study directory (experiments.sh), with the thesis' numbers beside ours.
 
-Reads `<runs>/<stage>/summary.json` (training: sec/epoch, memory, model size) and `<runs>/fid/<stage>.json`
+Reads `<runs>/<stage>/summary.json` (training: sec/epoch, model size), `<runs>/memory/<stage>/summary.json`
+(training memory, measured on its own; the stage's summary where missing) and `<runs>/fid/<stage>.json`
 (compute_fid.py --json: FID, KID) for the stages teacher, full, transfer and kd_a<alpha>, and writes into
 --out (default <runs>/report):
     report.md                 the three tables in Markdown, notes, warnings, the figures
@@ -221,7 +222,8 @@ def load_runs(runs_dir, alphas=None, variants=()):
     for stage, alpha in [("teacher", None)] + [(s, None) for s in data2] + [(s, a) for a, s in kd]:
         rec = {"alpha": alpha, "summary": _read_json(os.path.join(runs_dir, stage, "summary.json"), warnings, stage),
                "fid": _read_json(os.path.join(runs_dir, "fid", f"{stage}.json"), warnings, stage),
-               "fid_thesis_count": _thesis_count_fid(runs_dir, stage, warnings), "fid_teacher": None}
+               "fid_thesis_count": _thesis_count_fid(runs_dir, stage, warnings), "fid_teacher": None,
+               "memory": _read_json(os.path.join(runs_dir, "memory", stage, "summary.json"), [], stage)}
         if alpha is not None:
             rec["fid_teacher"] = _read_json(os.path.join(runs_dir, "fid", f"{stage}_vs_teacher.json"), warnings, stage)
         stages[stage] = rec
@@ -256,6 +258,7 @@ def _gb(summary, key):
 def _row_values(rec):
     """The measured values of one stage (None where missing)."""
     s = rec["summary"]
+    m = rec.get("memory") or s  # memory/<stage>: the same command's training memory measured on its own
     iters, sec = _get(s, "args", "iters_per_epoch"), _get(s, "sec_per_epoch")
     sec_update = sec / iters if sec and iters else None
     trainable = [_get(s, k) for k in ("trainable_g", "trainable_d")]
@@ -270,8 +273,8 @@ def _row_values(rec):
             "train_min": _get(s, "train_sec") / 60 if _get(s, "train_sec") else None,
             "trainable": sum(trainable) if None not in trainable else None,
             "frozen": sum(total) - sum(trainable) if None not in trainable + total else None,
-            "mem_device_gb": _gb(s, "peak_mem_mb"), "mem_tensor_gb": _gb(s, "peak_tensor_mb"),
-            "mem_tensor_mb": _get(s, "peak_tensor_mb"), "size_mb": _get(s, "generator_mb")}
+            "mem_device_gb": _gb(m, "peak_mem_mb"), "mem_tensor_gb": _gb(m, "peak_tensor_mb"),
+            "mem_tensor_mb": _get(m, "peak_tensor_mb"), "size_mb": _get(s, "generator_mb")}
 
 
 def verdict(v, ref):
@@ -325,7 +328,9 @@ MEM_COLUMNS = [("memory GB, device peak (ours)", ["mem_gb_device"]), ("memory GB
                ("memory GB (thesis)", ["mem_gb_thesis"])]
 MEM_NOTE = ("memory: \"device peak\" = `peak_mem_mb` (on CUDA the allocator's peak, as the thesis measured; on a "
             "CPU the process' peak RSS, Python and torch included); \"tensors\" = `peak_tensor_mb` (parameters, "
-            "gradients, optimizer state and saved activations; device independent); GB = MiB / 1024.")
+            "gradients, optimizer state and saved activations; device independent); GB = MiB / 1024; both from "
+            "memory/<stage> (the stage's command for 3 iterations without evaluations) where it exists, else from "
+            "the training run.")
 
 
 def table_3_1(runs):
@@ -350,9 +355,10 @@ def table_3_1(runs):
                "mean ± std over subsets. Model 1 is scored against data 1, every other row against data 2.",
                "vs full training: better / worse when the FID difference exceeds twice the combined bootstrap std, "
                "else a tie.",
-               "tensor peak: parameters + gradients + optimizer state + saved activations of training (the "
-               "evaluator's Inception is loaded after the measured iterations); device peak: the process' peak "
-               "RSS on a CPU (Python and torch included), the allocator's peak on CUDA, training iterations only.",
+               "tensor peak: parameters + gradients + optimizer state + saved activations of training; device "
+               "peak: the process' peak RSS on a CPU (Python and torch included), the allocator's peak on CUDA; "
+               "both from memory/<stage>, the stage's command run for 3 iterations without evaluations in a fresh "
+               "process (else from the training run, whose evaluator loads after the measured iterations).",
                "sec/update: one generator update with its critic updates (median epoch / updates per epoch); "
                "images/s: generated images per second of training; minutes: training time, evaluations excluded.",
                "The thesis' epochs are 25 generator + 200 critic updates, at 128x128, width 1, on a GPU."])

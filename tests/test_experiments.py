@@ -6,8 +6,10 @@ folder so the hub cache is never read or downloaded), so the numbers are meaning
 About 1-3 minutes on 2 CPU cores (the --demo settings).
 """
 import csv
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -21,7 +23,8 @@ SCRIPT = os.path.join(ROOT, "experiments.sh")
 KD = ["kd_a0.3", "kd_a0.05", "kd_a0.01", "kd_a0.001"]
 MODELS = ["teacher", "full", "transfer"] + KD
 STAGES = (["real1", "fid/ref_data1.npz", "real2", "fid/ref_data2.npz"]  # first: --eval-every needs them
-          + MODELS + [f"samples/{m}" for m in MODELS] + [f"fid/gen_{m}.npz" for m in MODELS]
+          + [s for m in MODELS for s in (m, f"memory/{m}")]  # each trained, then its training memory measured
+          + [f"samples/{m}" for m in MODELS] + [f"fid/gen_{m}.npz" for m in MODELS]
           + ["fid/teacher.json", "fid/teacher_vs_data2.json", "fid/full.json", "fid/transfer.json"]
           + [f for k in KD for f in (f"fid/{k}.json", f"fid/{k}_vs_teacher.json")])
 
@@ -139,6 +142,28 @@ def test_figures(study):
     for m in MODELS:
         with Image.open(report_dir / f"grid_{m}.png") as im:
             assert im.size == (6 * 34 + 2, 6 * 34 + 2)
+
+
+def test_each_memory_stage_reruns_its_command_for_three_iterations_without_evaluations(study):
+    out, first, _ = study
+    commands = [shlex.split(ln[4:]) for ln in first.stdout.splitlines() if ln.startswith("  $ ")]
+    measured = [c for c in commands if "/memory/" in c[-1]]
+    assert len(measured) == len(MODELS)
+    for m, cmd in zip(MODELS, measured):
+        assert cmd[-8:] == ["--epochs", "1", "--iters-per-epoch", "3", "--snapshot-every", "1", "--out", f"{out}/memory/{m}"]
+        assert "--eval-every" not in cmd and "--resume" not in cmd
+        trained = [c for c in commands if c[-3:] == ["--out", f"{out}/{m}", "--resume"]]
+        assert len(trained) == 1
+        end = trained[0].index("--eval-every") if "--eval-every" in trained[0] else trained[0].index("--epochs")
+        assert cmd[:end] == trained[0][:end]  # the same script and flags
+        with open(out / "memory" / m / "summary.json") as f:
+            summary = json.load(f)
+        assert summary["epochs"] == 1 and summary["peak_tensor_mb"] > 0
+    rows = list(csv.DictReader(open(out / "report" / "table3_1.csv")))
+    with open(out / "memory" / "transfer" / "summary.json") as f:
+        transfer = json.load(f)["peak_tensor_mb"]
+    row = next(r for r in rows if "thesis' freezing" in r["model"])
+    assert float(row["peak_tensor_mb"]) == pytest.approx(transfer, rel=0.01)  # the report reads memory/
 
 
 def test_second_run_skips_every_stage(study):
