@@ -51,6 +51,8 @@ import io
 import json
 import os
 import pathlib
+import re
+import stat
 import sys
 import time
 import warnings
@@ -83,7 +85,7 @@ def _one_line(e, limit=160):
     worker's traceback) the useful line is the last one.
     """
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    text = (lines[-1] if lines[0].startswith("Caught ") else lines[0]) if lines else type(e).__name__
+    text = (re.sub(r"^[\w.]+: ", "", lines[-1]) if lines[0].startswith("Caught ") else lines[0]) if lines else type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -125,7 +127,7 @@ def read_state_dict(path):
     return state
 
 
-def _hub_weights():
+def fetch_hub_weights():
     """The hub cache file, downloaded first if missing (as pytorch-fid does); a failed download is a UserError."""
     path = hub_weights_path()
     if os.path.isfile(path):
@@ -151,7 +153,7 @@ def load_inception(weights=None, device="cpu", dims=2048, channels_last=False):
     """
     if dims not in DIMS:
         raise UserError(f"--dims must be one of {', '.join(map(str, DIMS))}, got {dims}")
-    path = _hub_weights() if weights is None else os.fspath(weights)
+    path = fetch_hub_weights() if weights is None else os.fspath(weights)
     net = fid_inception_v3_arch()
     try:
         net.load_state_dict(read_state_dict(path))  # strictly, as pytorch-fid: other keys or shapes fail here
@@ -194,9 +196,23 @@ class FIDInceptionV3(torch.nn.Module):
 # ----------------------------------------------------------------------------- images -> features
 
 def list_images(folder):
-    """The image files of `folder` as pytorch-fid lists them: sorted, lower-case IMAGE_EXTENSIONS, not recursive."""
+    """The image files of `folder` as pytorch-fid lists them: sorted, lower-case IMAGE_EXTENSIONS, not recursive.
+    Only regular files (or symlinks to them): dangling links, link loops, FIFOs (reading one would block forever)
+    and devices are left out with one `note:` line."""
     path = pathlib.Path(folder)
-    return sorted([file for ext in IMAGE_EXTENSIONS for file in path.glob(f"*.{ext}")])
+    files, skipped = [], []
+    for file in sorted(file for ext in IMAGE_EXTENSIONS for file in path.glob(f"*.{ext}")):
+        try:
+            regular = stat.S_ISREG(os.stat(file).st_mode)  # follows symlinks
+        except OSError as e:
+            regular, why = False, "dangling link" if os.path.islink(file) and not os.path.exists(file) else e.strerror
+        else:
+            why = "not a regular file"
+        (files if regular else skipped).append(file if regular else f"{file.name!a} ({why})")
+    if skipped:
+        print(f"note: {folder}: left out {len(skipped)} entries that are not regular files: {', '.join(skipped[:5])}"
+              f"{f' and {len(skipped) - 5} more' if len(skipped) > 5 else ''}", file=sys.stderr)
+    return files
 
 
 def subsample(files, max_images=None, seed=0):
@@ -254,7 +270,10 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        return to_tensor(read_rgb(self.files[i]))
+        try:
+            return to_tensor(read_rgb(self.files[i]))
+        except Exception as e:  # broken data behind a good header (truncated download ...): name the file
+            raise ValueError(f"{self.files[i]}: cannot decode this image ({_one_line(e, 100)})") from None
 
 
 def default_workers(device):
@@ -326,8 +345,8 @@ def get_activations(files_or_folder, model, batch_size=50, device="cpu", num_wor
                 done += len(index)
                 if meter:
                     meter.update(done)
-        except OSError as e:  # a file whose header read fine but whose data is broken (truncated download...)
-            raise UserError(f"cannot decode an image ({_one_line(e, 100)})") from None
+        except ValueError as e:  # ImageFiles' error, from this process or re-raised from a DataLoader worker
+            raise UserError(_one_line(e, 240)) from None
     return feats
 
 
@@ -353,6 +372,8 @@ def statistics(acts):
     acts = np.asarray(acts, dtype=np.float64)
     if len(acts) < 2:
         raise UserError(f"FID needs at least 2 images per side, got {len(acts)}")
+    if not np.isfinite(acts).all():
+        raise UserError("the Inception features hold NaN or Inf values (broken network weights?)")
     return np.mean(acts, axis=0), np.cov(acts, rowvar=False)
 
 
@@ -373,6 +394,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
         except ValueError as e:  # "Imaginary component 1e+03": the square root failed, no number to give
             raise UserError(f"FID: the matrix square root failed ({_one_line(e, 60)}); the covariances are too "
                             "degenerate (too few or identical images?)") from None
+    if not np.isfinite(value):
+        raise UserError(f"FID is {value}: the statistics hold values too large for the computation")
     offset = "singular product" in printed.getvalue()
     if offset or any(issubclass(w.category, LinAlgWarning) for w in caught):
         print(f"note: a covariance is singular (usually fewer images than the {np.shape(mu1)[0]} feature "
@@ -539,6 +562,12 @@ def load_stats(path):
         raise UserError(f"{path}: features {stats['features'].shape} do not match mu {stats['mu'].shape}")
     if stats["n"] is None and stats["features"] is not None:
         stats["n"] = len(stats["features"])
+    if stats["n"] is not None and not (stats["n"] >= 2 and (stats["features"] is None or stats["n"] == len(stats["features"]))):
+        raise UserError(f"{path}: its image count n = {stats['n']} is not a count of at least 2 images"
+                        + (f" matching its {len(stats['features'])} feature rows" if stats["features"] is not None else ""))
+    for key in ("mu", "sigma", "features"):
+        if stats[key] is not None and not np.isfinite(stats[key]).all():
+            raise UserError(f"{path}: its {key} holds NaN or Inf values (the images or the network it came from were broken)")
     return stats
 
 
@@ -721,6 +750,14 @@ def _int_at_least(low):
     return parse
 
 
+def _seed(text):
+    """A seed from 0 to 2**32 - 1: the range numpy's RandomState takes (the same rule in every script)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {text}")
+    return value
+
+
 def get_device(spec="auto"):
     """'auto' -> cuda if available else cpu; 'cuda[:N]' must exist; anything else is a user error."""
     if spec == "auto":
@@ -754,8 +791,8 @@ def build_parser():
                         "that holds them (None: all)")
     p.add_argument("--bootstrap", type=_int_at_least(0), default=0, metavar="R",
                    help="also the std of FID over R resamples of A's images with replacement (its sample noise)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0,
-                   help="seed of the --max-images subset and of the KID subsets")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the --max-images subset and of the KID subsets, from 0 to 2**32 - 1")
     p.add_argument("--kid", action=argparse.BooleanOptionalAction, default=True, help="also compute KID")
     p.add_argument("--kid-subsets", type=_int_at_least(1), default=100, help="KID subsets (random subset pairs)")
     p.add_argument("--kid-subset-size", type=_int_at_least(2), default=None,
@@ -780,6 +817,11 @@ def run(args):
     common_kw = dict(batch_size=args.batch_size, device=device, num_workers=args.num_workers)
     if args.json:
         check_output(args.json, args.overwrite)
+        if args.save_stats and os.path.abspath(args.json) == os.path.abspath(args.save_stats):
+            raise UserError(f"--json and --save-stats are the same file {args.json}: give two names")
+    for out in (args.json, args.save_stats) if len(args.paths) == 2 else ():
+        if out and os.path.abspath(out) in map(os.path.abspath, args.paths):
+            raise UserError(f"{out} is an input and an output: give the output another name")
 
     if args.save_stats is not None and len(args.paths) == 1:
         # `--save-stats DATASET OUT.npz` (pytorch-fid's order) or `DATASET --save-stats OUT.npz`.

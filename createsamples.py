@@ -36,6 +36,7 @@ place once all N exist, so an interrupted or failed run (disk full) never leaves
 and never touches an existing one.
 """
 import argparse
+import contextlib
 import glob
 import math
 import os
@@ -205,11 +206,74 @@ def write_samples(model, n, out, seed=0, batch_size=100, device=None, train_mode
     """
     out = os.path.normpath(out)
     check_out(out, overwrite)
-    if grid is not None:
-        if os.path.realpath(os.path.dirname(os.path.abspath(grid))) == os.path.realpath(out):
-            raise UserError(f"--grid {grid} is inside --out: FID tools read every image there; put it elsewhere")
-        if os.path.lexists(grid) and not overwrite:
-            raise UserError(f"--grid {grid} exists: pass --overwrite to replace it")
+    check_grid(grid, out, overwrite)
+    with _out_lock(out):
+        check_out(out, overwrite)  # again under the lock: another run may have filled it in the meantime
+        return _write_samples(model, n, out, seed, batch_size, device, train_mode, grid, grid_n, precision, progress)
+
+
+def check_grid(grid, out, overwrite=False):
+    """Refuse (UserError) a --grid that is --out, lies inside it, is a folder, or exists without `overwrite`."""
+    if grid is None:
+        return
+    if os.path.realpath(grid) == os.path.realpath(out) or os.path.isdir(grid):
+        raise UserError(f"--grid {grid} is {'--out' if os.path.realpath(grid) == os.path.realpath(out) else 'a folder'}: "
+                        "give it a file name outside --out")
+    if os.path.realpath(os.path.dirname(os.path.abspath(grid))) == os.path.realpath(out):
+        raise UserError(f"--grid {grid} is inside --out: FID tools read every image there; put it elsewhere")
+    if os.path.lexists(grid) and not overwrite:
+        raise UserError(f"--grid {grid} exists: pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def _out_lock(out):
+    """Hold the write lock of `out` (a copy of data.lock_folder, so that this file needs only arch.py): flock on
+    the hidden file .NAME.lock beside it, holding our PID (beside, so that `out` appears only when complete). A
+    second writer is refused naming the holder; the kernel drops the lock of a killed process, whose file is then
+    taken over. Folders made for the lock are removed again if the run leaves them empty."""
+    import fcntl
+    parent = os.path.dirname(os.path.abspath(out))
+    path = os.path.join(parent, f".{os.path.basename(out)}.lock")
+    made, d = None, parent
+    while not os.path.lexists(d):
+        made, d = d, os.path.dirname(d)
+    fd = None
+    try:
+        try:
+            os.makedirs(parent, exist_ok=True)
+            while fd is None:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 100).decode(errors="replace").strip() or "?"
+                    fd = os.close(fd)  # not ours: never remove it
+                    raise UserError(f"--out {out} is being written by another process (PID {holder}): wait for it "
+                                    "to finish, or choose another --out") from None
+                if not (os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path))):
+                    fd = os.close(fd)  # its holder removed the file while we waited: lock the one there now
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            raise UserError(f"cannot write beside --out {out}: {e.strerror or e}") from None
+        yield
+    finally:
+        if fd is not None:
+            if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
+                os.remove(path)  # ours while we hold the lock
+            os.close(fd)
+        d = parent
+        while made:  # folders made for the lock, if the run left them empty
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+            if d == made:
+                break
+            d = os.path.dirname(d)
+
+
+def _write_samples(model, n, out, seed, batch_size, device, train_mode, grid, grid_n, precision, progress):
     width = max(5, len(str(n - 1)))  # names sort in generation order, also past 99999
     parent = os.path.dirname(os.path.abspath(out))
     try:
@@ -294,6 +358,13 @@ def positive_int(text):
     return value
 
 
+def seed_value(text):
+    value = int(text)
+    if not 0 <= value < 2**32:  # the rule of every script of ours (numpy's RandomState range)
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {text}")
+    return value
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass  # defaults in --help, and the docstring laid out as written
 
@@ -308,7 +379,7 @@ def build_parser():
     p.add_argument("--model", required=True, help="generator.pt, a run directory, ckpt.pt, or a raw thesis generator state_dict")
     p.add_argument("--n", type=positive_int, default=500, help="number of images (500 as the thesis)")
     p.add_argument("--out", default=None, help="output folder; None: samples/<model file or run directory name, without extension>")
-    p.add_argument("--seed", type=int, default=0, help="latent vectors' seed: same seed, same images")
+    p.add_argument("--seed", type=seed_value, default=0, help="latent vectors' seed (0 to 2**32 - 1): same seed, same images")
     p.add_argument("--batch-size", type=positive_int, default=100,
                    help="images per forward pass; only memory and speed depend on it, unless --train-mode")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -330,6 +401,7 @@ def main(argv=None):
     precision = pick_precision(args.precision, device)
     out = args.out or os.path.join("samples", os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0])
     check_out(out, args.overwrite)  # before loading a 180 MB model, not after generating
+    check_grid(args.grid, out, args.overwrite)
     model, config = arch.load_model(args.model, device=device, ema=not args.raw)
     weights = {"ema": "EMA weights", "raw": "raw weights"}[model.weights_kind]
     if model.weights_kind == "raw" and not args.raw:

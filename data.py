@@ -11,7 +11,7 @@ N x 3 x S x S .npy cache that later runs memory-map. Command line:
     python data.py info data/cats-128 --size 128                    # count, size, pixel statistics
     python data.py demo out/demo-cats --domain cats --n 64 --size 64  # the demo data as PNGs
 """
-import argparse, contextlib, functools, hashlib, json, math, os, re, shutil, sys, tempfile, time, warnings
+import argparse, contextlib, errno, functools, hashlib, json, math, os, re, shutil, stat, sys, tempfile, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -32,15 +32,39 @@ class DataWarning(UserWarning):
 
 
 def list_images(folder):
-    """All image files under `folder` (recursive, by extension, case-insensitive), sorted by path."""
+    """All image files under `folder` (recursive, by extension, case-insensitive), sorted by path. Only regular
+    files: a symlink to one is followed; dangling links, link loops and anything else (a FIFO would block the
+    reader forever, a device never ends) are skipped with one warning. Linked folders are not entered (no loops)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise DataError(f"image folder {folder} {'is not a folder' if os.path.exists(folder) else 'does not exist'}")
-    paths = [os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
-             if f.lower().endswith(IMAGE_EXTENSIONS)]
+    paths, skipped = [], []
+    for root, _, files in os.walk(folder):
+        for f in files:
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                path = os.path.join(root, f)
+                why = _not_a_regular_file(path)
+                (skipped.append(f"{shown(os.path.relpath(path, folder))} ({why})") if why else paths.append(path))
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} entries of {folder} that are not regular files: {', '.join(skipped[:5])}"
+                      f"{f' and {len(skipped) - 5} more' if len(skipped) > 5 else ''}", DataWarning, stacklevel=2)
     if not paths:
         raise DataError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in {folder}")
     return sorted(paths)
+
+
+def _not_a_regular_file(path):
+    """None for a regular file (or a symlink to one), else why not: dangling link, link loop, FIFO, ..."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except OSError as e:
+        return "dangling link" if e.errno == errno.ENOENT and os.path.islink(path) else e.strerror or str(e)
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def shown(text):
+    """A path as one line of a message: tabs, newlines and backslashes escaped (\\t, \\n, \\\\)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def to_rgb(img):
@@ -110,6 +134,7 @@ def load_and_preprocess(path, size, cat_crop=True):
 def _decode_folder(folder, paths, size, cat_crop):
     """Decode/crop/resize `paths` on a few threads (PIL releases the GIL) -> (uint8 N x 3 x S x S of the readable
     ones, their indices in `paths`, DataWarning texts); unreadable files are skipped, none readable is an error."""
+    check_memory(len(paths) * 3 * size * size, f"decoding {len(paths)} images of {folder} at {size}x{size}")
     out, small, reasons = np.empty((len(paths), 3, size, size), np.uint8), np.zeros(len(paths), bool), {}
 
     def work(i):
@@ -119,10 +144,9 @@ def _decode_folder(folder, paths, size, cat_crop):
             out[i] = preprocess(img, size).transpose(2, 0, 1)
         except Exception as e:  # corrupt, truncated, not an image, bad landmarks: skip the file, go on
             why = " ".join(str(e).replace(paths[i], os.path.basename(paths[i])).split())[:80] or type(e).__name__
-            reasons[i] = f"{os.path.relpath(paths[i], folder)} ({why})"
+            reasons[i] = f"{shown(os.path.relpath(paths[i], folder))} ({why})"
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(work, range(len(paths)), chunksize=64))
+    _on_threads(work, range(len(paths)))
     ok = np.ones(len(paths), bool)
     ok[list(reasons)] = False
     kept, failed = np.flatnonzero(ok), [reasons[i] for i in sorted(reasons)]
@@ -134,6 +158,29 @@ def _decode_folder(folder, paths, size, cat_crop):
         messages.append(f"{small[kept].sum()} of {len(kept)} images in {folder} are smaller than {size}x{size} "
                         "(after cropping) and were upsampled")
     return (out if not failed else out[kept]), kept, messages
+
+
+def _on_threads(work, items):
+    """`work(item)` for every item on a few threads (PIL releases the GIL). Ctrl-C or an error cancels what has
+    not started instead of waiting for all of it."""
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        list(pool.map(work, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_memory(nbytes, what):
+    """Refuse in one line what needs more memory than this machine has available now, before the allocation
+    that would fail deep inside numpy or torch (or make the machine swap)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):  # not Linux: the physical memory
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > available:
+        raise DataError(f"{what} needs {nbytes / 2**30:,.1f} GiB of memory, more than the {available / 2**30:,.1f} "
+                        "GiB available here")
 
 
 def uint8_to_float(x):
@@ -181,7 +228,9 @@ def load_dataset(spec, size, *, cache_dir=None, cat_crop=True, max_images=None, 
             raise DataError(f"{spec}: demo data needs demo.py beside data.py (copy it too)") from None
         except ValueError as e:
             raise DataError(str(e)) from None
-        images = demo.make_demo(domain, min(n, max_images or n), size)
+        n = min(n, max_images or n)
+        check_memory(n * 3 * size * size, f"{spec} ({n:,} images at {size}x{size})")
+        images = demo.make_demo(domain, n, size)
         log(f"data: generated {len(images)} demo {domain} at {size}x{size} in {time.time() - t0:.1f} s")
         return ImageDataset(images, f"demo-{domain}", spec=spec)
 
@@ -209,6 +258,15 @@ def load_dataset(spec, size, *, cache_dir=None, cat_crop=True, max_images=None, 
         warnings.warn(msg, DataWarning, stacklevel=2)
     name = os.path.basename(folder.rstrip(os.sep)) or "images"
     return ImageDataset(images, name, spec=folder, paths=kept, cache_file=npy or None)
+
+
+def _demo_module(what):
+    """demo.py, imported only for demo data (a copy of the scripts for real data can leave it out)."""
+    try:
+        import demo
+    except ImportError:
+        raise DataError(f"{what} needs demo.py, the demo renderer: copy it beside data.py") from None
+    return demo
 
 
 def _cache_file(folder, paths, size, cat_crop, max_images, cache_dir):
@@ -383,42 +441,145 @@ def diffaug(x, policy="color,translation,cutout", p=1.0):
     return x
 
 
+LOCK_NAME = ".lock"  # the write lock inside an output folder (lock_folder)
+_HELD = {}  # lock file -> (open descriptor, output folder, outermost folder made for it or None)
+
+
+def lock_folder(folder, lock_file=None):
+    """Take the exclusive write lock of the output `folder` (made if missing) for this process, so that no two
+    processes ever write one folder: a second writer is refused in one line naming the holder's PID.
+    fcntl.flock on FOLDER/.lock (or `lock_file`), which holds the holder's PID; the kernel drops a flock when
+    its process dies, so the file a killed process left is simply taken over. Held until `unlock_folders`
+    (or the end of the process); taking a lock this process holds already does nothing."""
+    import fcntl
+    lock_file = os.path.abspath(lock_file or os.path.join(folder, LOCK_NAME))
+    if lock_file in _HELD:
+        return
+    made, d = None, os.path.abspath(folder)  # the outermost folder made here, removed on release if still empty
+    while not os.path.lexists(d):
+        made, d = d, os.path.dirname(d)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        while True:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 100).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise DataError(f"{folder} is being written by another process (PID {holder}): wait for it to "
+                                "finish, or write elsewhere") from None
+            if os.path.exists(lock_file) and os.path.samestat(os.fstat(fd), os.stat(lock_file)):
+                break
+            os.close(fd)  # its holder removed the file while we waited: lock the one that is there now
+        before = os.read(fd, 100).decode(errors="replace").strip()
+        if before and before != str(os.getpid()):
+            print(f"note: {lock_file} was left by process {before}, which is gone: taken over", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:
+        _remove_empty(folder, made)
+        raise DataError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
+    except DataError:
+        _remove_empty(folder, made)
+        raise
+    _HELD[lock_file] = (fd, folder, made)
+
+
+def unlock_folders():
+    """Release every lock `lock_folder` took (its file goes; folders made for it go too if still empty)."""
+    for lock_file, (fd, folder, made) in list(_HELD.items()):
+        with contextlib.suppress(OSError):
+            os.remove(lock_file)  # still ours while the descriptor is open
+        os.close(fd)
+        _remove_empty(folder, made)
+        del _HELD[lock_file]
+
+
+def _remove_empty(folder, made):
+    """Remove `folder` and its parents up to `made` (the outermost one a run created), as long as they are empty."""
+    d = os.path.abspath(folder)
+    while made:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+        if d == made:
+            return
+        d = os.path.dirname(d)
+
+
 @contextlib.contextmanager
 def _output_folder(dst, overwrite):
-    """Make `dst` ready for numbered PNGs, proving it writable before any work; if the run then fails, the
-    folders made here are removed. A non-empty `dst` is refused unless overwrite (then our old PNGs go)."""
+    """Make `dst` ready for numbered PNGs: locked against other writers (lock_folder) and proven writable before
+    any work. A non-empty `dst` is refused unless overwrite. The new files are written as temp files and renamed
+    into place only at the end (`_publish`), so a run that fails or is interrupted (disk full, Ctrl-C) leaves
+    nothing of its own: folders it made are removed, a folder that was there keeps its old files."""
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise DataError(f"output {dst} exists and is not a folder")
-    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
+    if os.path.isdir(dst) and [e for e in os.listdir(dst) if not _ours(e)] and not overwrite:  # nothing touched yet
         raise DataError(f"output folder {dst} is not empty (use --overwrite to write into it)")
     made, d = None, dst  # the outermost folder this run creates, if any
     while not os.path.lexists(d):
         made, d = d, os.path.dirname(d)
     try:
-        os.makedirs(dst, exist_ok=True)
-        tempfile.TemporaryFile(dir=dst).close()  # can we create files there?
-        for e in os.listdir(dst):  # with --overwrite: stale images of an earlier, larger run would mix in
-            if re.fullmatch(r"\d+\.png|sources\.txt", e):
+        lock_folder(dst)
+        if [e for e in os.listdir(dst) if not _ours(e)] and not overwrite:  # filled while we were not looking
+            raise DataError(f"output folder {dst} is not empty (use --overwrite to write into it)")
+        for e in os.listdir(dst):  # temp files of a killed run (we hold the lock: no live writer has any)
+            if _ours(e) and e != LOCK_NAME:
                 os.remove(os.path.join(dst, e))
+        tempfile.TemporaryFile(dir=dst).close()  # can we create files there?
         yield
     except BaseException as e:
+        with contextlib.suppress(OSError):
+            for name in os.listdir(dst):
+                if name.endswith(f".tmp{os.getpid()}"):
+                    os.remove(os.path.join(dst, name))
+        unlock_folders()
         if made:
             shutil.rmtree(made, ignore_errors=True)
         if isinstance(e, OSError):
             raise DataError(f"cannot write to the output folder {dst}: {e.strerror or e}") from None
         raise
+    unlock_folders()
+
+
+def _ours(name):
+    """What a killed run of ours may leave in an output folder: the lock file, temp files of PNGs / sources.txt."""
+    return name == LOCK_NAME or re.fullmatch(r"(\d+\.png|sources\.txt)\.tmp\d+", name) is not None
+
+
+def _write_file(path, write):
+    """`write(f)` into `path` + .tmp<PID> (renamed into place later by `_publish`); an OSError is one DataError
+    naming the file."""
+    try:
+        with open(f"{path}.tmp{os.getpid()}", "wb") as f:
+            write(f)
+    except OSError as e:
+        raise DataError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _write_pngs(images, dst, names):
-    """uint8 N x 3 x S x S -> dst/names[i], each atomically, on a few threads (PNG encoding releases the GIL)."""
+    """uint8 N x 3 x S x S -> temp files for dst/names[i], on a few threads (PNG encoding releases the GIL)."""
     png = lambda i: lambda f: Image.fromarray(np.ascontiguousarray(images[i].transpose(1, 2, 0))).save(f, format="PNG")
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(lambda i: _atomic_write(os.path.join(dst, names[i]), png(i)), range(len(names))))
+    _on_threads(lambda i: _write_file(os.path.join(dst, names[i]), png(i)), range(len(names)))
+
+
+def _publish(dst, names):
+    """Rename the temp files of `names` into place, after removing the NNNNN.png / sources.txt of an earlier run
+    (--overwrite): renames on one file system, so this takes milliseconds, after all the slow work."""
+    for e in os.listdir(dst):
+        if re.fullmatch(r"\d+\.png|sources\.txt", e) and e not in names:
+            os.remove(os.path.join(dst, e))
+    for name in names:
+        os.replace(os.path.join(dst, f"{name}.tmp{os.getpid()}"), os.path.join(dst, name))
 
 
 def prepare(src, dst, size, *, cat_crop=True, overwrite=False, verbose=True):
     """Write a face-cropped, center-cropped, resized PNG copy of folder `src`: dst/00000.png, ... in sorted
-    source order, plus dst/sources.txt mapping each PNG to its source file. Returns the number written."""
+    source order, plus dst/sources.txt mapping each PNG to its source file (tab-separated; tabs, newlines and
+    backslashes in a source path are escaped as \t, \n, \\). Returns the number written."""
     size = check_size(size)
     if os.fspath(src).startswith("demo:"):
         raise DataError("prepare copies an image folder; for demo data use: python data.py demo DST --domain cats")
@@ -430,8 +591,9 @@ def prepare(src, dst, size, *, cat_crop=True, overwrite=False, verbose=True):
         images, kept, messages = _decode_folder(src, paths, size, cat_crop)
         names = [f"{i:0{max(5, len(str(len(paths) - 1)))}d}.png" for i in kept]  # a skipped file's number is unused
         _write_pngs(images, dst, names)
-        sources = "".join(f"{name}\t{os.path.relpath(paths[i], src)}\n" for name, i in zip(names, kept))
-        _atomic_write(os.path.join(dst, "sources.txt"), lambda f: f.write(sources.encode()))
+        sources = "".join(f"{name}\t{shown(os.path.relpath(paths[i], src))}\n" for name, i in zip(names, kept))
+        _write_file(os.path.join(dst, "sources.txt"), lambda f: f.write(sources.encode()))
+        _publish(dst, names + ["sources.txt"])  # sources.txt last: its presence says the copy is complete
     for msg in messages:
         warnings.warn(msg, DataWarning, stacklevel=2)
     if verbose:
@@ -455,7 +617,10 @@ def info(spec, size, *, cat_crop=True, cache_dir=None):
 
 
 def main(argv=None):
-    import demo  # the demo command's choices; the training scripts never call main()
+    try:
+        import demo  # the demo command's choices; a copy of data.py without demo.py still prepares folders
+    except ImportError:
+        demo = None
     fmt = type("Formatter", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {})
     p = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
@@ -474,7 +639,7 @@ def main(argv=None):
     q.add_argument("--no-cache", action="store_true", help="decode into memory, write no cache")
     q = command("demo", "write the procedural demo faces (demo.py) as PNGs")
     q.add_argument("dst", help="output folder: DST/00000.png ...")
-    q.add_argument("--domain", choices=demo.DEMO_DOMAINS, default="cats", help="which faces")
+    q.add_argument("--domain", choices=demo.DEMO_DOMAINS if demo else None, default="cats", help="which faces")
     q.add_argument("--n", type=int, default=64, help="number of images")
     q.add_argument("--size", type=int, default=64, help="image side in pixels")
     q.add_argument("--overwrite", action="store_true", help="write into a non-empty DST")
@@ -486,11 +651,15 @@ def main(argv=None):
         info(args.spec, args.size, cat_crop=not args.no_cat_crop, cache_dir=False if args.no_cache else args.cache_dir)
     else:
         dst, size = os.path.abspath(args.dst), check_size(args.size)
+        demo = _demo_module("data.py demo")
         if args.n < 1:
             raise DataError(f"--n must be a positive integer, got {args.n}")
+        check_memory(args.n * 3 * size * size, f"--n {args.n:,} images at {size}x{size}")
         with _output_folder(dst, args.overwrite):  # checked before anything is drawn
             images = demo.make_demo(args.domain, args.n, size)
-            _write_pngs(images, dst, [f"{i:0{max(5, len(str(args.n - 1)))}d}.png" for i in range(args.n)])
+            names = [f"{i:0{max(5, len(str(args.n - 1)))}d}.png" for i in range(args.n)]
+            _write_pngs(images, dst, names)
+            _publish(dst, names)
         print(f"wrote {args.n} demo {args.domain} ({size}x{size}) to {dst}", file=sys.stderr)
 
 
@@ -501,3 +670,6 @@ if __name__ == "__main__":
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # the output folder is as it was (see _output_folder)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

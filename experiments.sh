@@ -18,6 +18,8 @@ Reproduces the thesis' Tables 3.1-3.3 in one go. Stages, all under --out (defaul
   real1/, real2/     the real images FID compares against, as training sees them (same crop, --size):
                      a demo spec's first N (data.py demo); a folder's copy (data.py prepare), of which
                      compute_fid.py takes a fixed-seed random subset of N (--max-images N --seed 0)
+  memory/<stage>/     the stage's command for 3 iterations without evaluations: its training memory, the
+                     figure Table 3.1 reports (every method measured by the same code in a fresh process)
   fid/ref_data1.npz, ref_data2.npz   Inception statistics of the real images (compute_fid.py --save-stats)
   fid/gen_<stage>.npz                 Inception statistics of each model's samples
   fid/<stage>.json   FID + KID vs its own dataset (teacher, kd_*: data 1; the rest: data 2), with the std of
@@ -34,8 +36,9 @@ Re-running is cheap and safe: a finished stage is skipped ("[stage] NAME: done, 
   samples    done when the folder holds exactly N PNGs and is not older than the stage's generator.pt
   FID files  done when the file exists and is not older than its inputs (like make), and was made with
              the same --n-samples/--fid-dims/--kid-*/--weights (OUT/fid/settings.txt; else all are redone)
-So after a longer teacher run, its samples and FID are redone. Not detected: other data or model flags
-for a finished training stage (a changed model shape is refused by --resume); delete a folder to redo it.
+So after a longer teacher run, its samples and FID are redone. real1/real2 are redone for another dataset or
+--size; a study trained at another --size or --width is refused (use another --out). Not detected: other data
+or training flags for a finished training stage; delete its folder to redo it.
 
 flags (each also read from the environment variable STUDY_<NAME in brackets>, e.g. STUDY_EPOCHS_KD; a flag wins):
   --data1 SPEC            data 1, the teacher's and KD's: image folder or demo spec [DATA1] (demo:cats)
@@ -194,6 +197,8 @@ done
 for v in ITERS_PER_EPOCH N_CRITIC SNAPSHOT_EVERY KID_SUBSET_SIZE THREADS; do
     [[ -z "${!v}" ]] || is_int "${!v}" || die "$v must be a positive integer, got '${!v}'"
 done
+[[ "$SIZE" =~ ^(32|64|128|256|512|1024)$ ]] || die "SIZE must be a power of two from 32 to 1024 (the KD student needs 32 or more), got '$SIZE'"
+[[ -n "$OUT" ]] || die "OUT is empty: give the study a folder (--out DIR)"
 [[ "$N_SAMPLES" -ge 2 ]] || die "N_SAMPLES must be at least 2 (FID needs a covariance)"
 for v in N_THESIS BOOTSTRAP; do [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be an integer >= 0, got '${!v}'"; done
 [[ "$EVAL_EXACT" == 0 || "$EVAL_EXACT" == 1 ]] || die "EVAL_EXACT must be 0 or 1, got '$EVAL_EXACT'"
@@ -234,10 +239,13 @@ common_train=(--img-size "$SIZE" --device "$DEVICE" --save-every "$SAVE_EVERY")
 [[ -n "$DIFFAUG" ]] && common_train+=(--diffaug "$DIFFAUG")
 [[ -n "$EMA" ]] && common_train+=(--ema "$EMA")
 [[ -n "$PRECISION" ]] && common_train+=(--precision "$PRECISION")
-eval_args() {  # eval_args N EPOCHS: periodic FID/KID against data N's statistics, if --eval-points
-    [[ "$EVAL_POINTS" == 0 ]] || echo --eval-every "$(( $2 / EVAL_POINTS > 1 ? $2 / EVAL_POINTS : 1 ))" \
-        --eval-ref "$OUT/fid/ref_data$1.npz" --eval-n "${EVAL_N:-$(( N_SAMPLES < 500 ? N_SAMPLES : 500 ))}" \
-        ${WEIGHTS:+--eval-weights "$WEIGHTS"} $([[ "$EVAL_EXACT" == 1 ]] || echo --eval-fast)
+eval_args() {  # eval_args N EPOCHS: EVAL=(flags of periodic FID/KID against data N's statistics), if --eval-points
+    EVAL=()
+    [[ "$EVAL_POINTS" == 0 ]] && return
+    EVAL=(--eval-every "$(( $2 / EVAL_POINTS > 1 ? $2 / EVAL_POINTS : 1 ))" --eval-ref "$OUT/fid/ref_data$1.npz"
+          --eval-n "${EVAL_N:-$(( N_SAMPLES < 500 ? N_SAMPLES : 500 ))}")
+    [[ -z "$WEIGHTS" ]] || EVAL+=(--eval-weights "$WEIGHTS")
+    [[ "$EVAL_EXACT" == 1 ]] || EVAL+=(--eval-fast)
 }
 if [[ -n "$THREADS" ]]; then
     common_train+=(--threads "$THREADS")
@@ -286,9 +294,21 @@ train() {
     if [[ -n "$have" ]]; then say "$stage: running (extending $have -> $epochs epochs)"
     elif [[ -f "$dir/ckpt.pt" ]]; then say "$stage: running (resuming an interrupted run)"
     else say "$stage: running"; fi
-    run "$PY" "$HERE/$script" "$@" --epochs "$epochs" --snapshot-every "$(snap_every "$epochs")" \
+    run "$PY" "$HERE/$script" "$@" "${EVAL[@]}" --epochs "$epochs" --snapshot-every "$(snap_every "$epochs")" \
         "${common_train[@]}" --out "$dir" --resume
     [[ "$(summary_epochs "$dir/summary.json")" == "$epochs" ]] || die "$stage: no summary.json with $epochs epochs after training"
+}
+
+# memory STAGE SCRIPT ARGS...: OUT/memory/STAGE, the stage's command without evaluations for 3 iterations (the
+# memory meter's window) in a fresh process: every method's training memory measured by the same code, none of
+# it the evaluator's. Redone when the stage was retrained.
+memory() {
+    local stage="$1" script="$2"; shift 2
+    local dir="$OUT/memory/$stage"
+    if up_to_date "$dir/summary.json" "$OUT/$stage/summary.json"; then say "memory/$stage: done, skipping"; return; fi
+    say "memory/$stage: running"
+    rm -rf -- "$dir"
+    run "$PY" "$HERE/$script" "$@" "${common_train[@]}" --epochs 1 --iters-per-epoch 3 --snapshot-every 1 --out "$dir"
 }
 
 # The evaluation steps (createsamples.py, data.py demo, compute_fid.py) are cheap next to the start of a Python
@@ -342,34 +362,30 @@ samples() {  # samples STAGE: N_SAMPLES PNGs from OUT/STAGE/generator.pt
 
 # real_ref N SPEC: OUT/fid/ref_dataN.npz from N_SAMPLES images of the dataset
 real_ref() {
-    local i="$1" spec="$2" npz="$OUT/fid/ref_data$1.npz"
-    if [[ "$spec" == demo:* ]]; then
-        # the demo data is generated: write the first N_SAMPLES images as PNGs (data.py demo), then take stats
-        local dir="$OUT/real$i" domain="${spec#demo:}"
-        domain="${domain%%:*}"
-        if [[ "$(count_pngs "$dir")" -eq "$N_SAMPLES" ]]; then
-            say "real$i: done, skipping"
-        else
-            rm -rf -- "$dir"  # ours; a different N_SAMPLES must not leave extra images behind
-            queue "$dir" data.py demo "$dir" --domain "$domain" --n "$N_SAMPLES" --size "$SIZE"
-        fi
-        if up_to_date "$npz" "$dir" && ! pending_dep "$dir"; then say "fid/ref_data$i.npz: done, skipping"; return; fi
-        queue "$npz" compute_fid.py --save-stats "$dir" "$npz" "${fid_args[@]}"
+    local i="$1" spec="$2" npz="$OUT/fid/ref_data$1.npz" dir="$OUT/real$1" made="$OUT/fid/real$1.txt"
+    local what="data=$spec size=$SIZE" done=0  # another --size or dataset: the copy is redone, never reused
+    if [[ -f "$made" && "$(cat "$made")" == "$what" ]]; then
+        if [[ "$spec" == demo:* ]]; then [[ "$(count_pngs "$dir")" -eq "$N_SAMPLES" ]] && done=1
+        else [[ -f "$dir/sources.txt" ]] && done=1; fi  # prepare writes sources.txt last
+    fi
+    if [[ "$done" == 1 ]]; then
+        say "real$i: done, skipping"
     else
-        # a folder: a face-cropped, resized copy at --size (data.py prepare: what training sees), then a
-        # fixed-seed random subset of N_SAMPLES of it (compute_fid.py --max-images N --seed 0)
-        local dir="$OUT/real$i"
-        if [[ -f "$dir/sources.txt" ]]; then  # prepare writes sources.txt last
-            say "real$i: done, skipping"
-        else
-            rm -rf -- "$dir"
+        rm -rf -- "$dir"  # ours; a different N_SAMPLES must not leave extra images behind
+        echo "$what" > "$made"
+        if [[ "$spec" == demo:* ]]; then
+            # the demo data is generated: write the first N_SAMPLES images as PNGs (data.py demo)
+            local domain="${spec#demo:}"
+            queue "$dir" data.py demo "$dir" --domain "${domain%%:*}" --n "$N_SAMPLES" --size "$SIZE"
+        else  # a folder: a face-cropped, resized copy at --size (data.py prepare: what training sees)
             queue "$dir" data.py prepare "$spec" "$dir" --size "$SIZE"
         fi
-        if up_to_date "$npz" "$dir/sources.txt" && ! pending_dep "$dir"; then
-            say "fid/ref_data$i.npz: done, skipping"; return
-        fi
-        queue "$npz" compute_fid.py --save-stats "$dir" "$npz" --max-images "$N_SAMPLES" --seed 0 "${fid_args[@]}"
     fi
+    local dep="$dir" subset=()
+    # of a folder's copy, a fixed-seed random subset of N_SAMPLES (compute_fid.py --max-images N --seed 0)
+    [[ "$spec" == demo:* ]] || { dep="$dir/sources.txt"; subset=(--max-images "$N_SAMPLES" --seed 0); }
+    if up_to_date "$npz" "$dep" && ! pending_dep "$dir"; then say "fid/ref_data$i.npz: done, skipping"; return; fi
+    queue "$npz" compute_fid.py --save-stats "$dir" "$npz" "${subset[@]}" "${fid_args[@]}"
 }
 
 gen_stats() {  # gen_stats STAGE: OUT/fid/gen_STAGE.npz, the Inception statistics of a model's samples
@@ -393,7 +409,26 @@ score() {  # score STAGE REF: FID + KID of all samples (std over bootstrap resam
     fi
 }
 
+# a study trained at another --size or --width: its models cannot be extended, its references must not be reused
+check_study_shape() {
+    local msg
+    msg="$("$PY" - "$SIZE" "$WIDTH" "$OUT"/*/summary.json <<'PYEOF' 2>/dev/null
+import json, sys
+size, width = int(sys.argv[1]), float(sys.argv[2])
+for path in sys.argv[3:]:
+    try:
+        args = json.load(open(path)).get("args", {})
+        if args.get("img_size", size) != size or float(args.get("width") or width) != width:
+            sys.exit(print(f"{path} was trained with --size {args['img_size']} --width {args['width']}"))
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        pass  # a missing or broken summary: that stage is redone or resumed, and its script checks the flags
+PYEOF
+    )" || true
+    [[ -z "$msg" ]] || die "$msg: pass those, or another --out for a study at --size $SIZE --width $WIDTH"
+}
+
 # ----------------------------------------------------------------------------- the study
+[[ -d "$OUT" ]] && check_study_shape
 mkdir -p "$OUT/fid" || die "cannot create $OUT"
 if command -v flock >/dev/null; then  # two studies writing one run directory would corrupt each other
     exec 9>"$OUT/.experiments.lock"
@@ -419,16 +454,19 @@ flush
 wgan=(--width "$WIDTH" --batch-size "$BATCH_SIZE")
 [[ -n "$N_CRITIC" ]] && wgan+=(--n-critic "$N_CRITIC")
 [[ -n "$LR" ]] && wgan+=(--lr "$LR")
-# shellcheck disable=SC2046  # eval_args prints words on purpose
-train teacher "$EPOCHS_TEACHER" train_wgan.py --data "$DATA1" "${wgan[@]}" $(eval_args 1 "$EPOCHS_TEACHER")
-train full "$EPOCHS_TRANSFER" train_transfer.py --freeze-g 0 --freeze-d 0 --data "$DATA2" "${wgan[@]}" \
-    $(eval_args 2 "$EPOCHS_TRANSFER")
-train transfer "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}" \
-    $(eval_args 2 "$EPOCHS_TRANSFER")
+eval_args 1 "$EPOCHS_TEACHER"
+stage() {  # stage NAME EPOCHS SCRIPT ARGS...: train it (with EVAL), then measure its training memory
+    local name="$1" epochs="$2"; shift 2
+    train "$name" "$epochs" "$@"
+    memory "$name" "$@"
+}
+stage teacher "$EPOCHS_TEACHER" train_wgan.py --data "$DATA1" "${wgan[@]}"
+eval_args 2 "$EPOCHS_TRANSFER"
+stage full "$EPOCHS_TRANSFER" train_transfer.py --freeze-g 0 --freeze-d 0 --data "$DATA2" "${wgan[@]}"
+stage transfer "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}"
 for v in "${VARIANT_LIST[@]}"; do
     read -r -a vflags <<< "${VARIANT_FLAGS[$v]}"
-    train "$v" "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}" "${vflags[@]}" \
-        $(eval_args 2 "$EPOCHS_TRANSFER")
+    stage "$v" "$EPOCHS_TRANSFER" train_transfer.py --init "$OUT/teacher" --data "$DATA2" "${wgan[@]}" "${vflags[@]}"
 done
 KD_STAGES=()
 kd_alpha=0.05
@@ -437,10 +475,11 @@ kd_lr=()
 [[ -n "${KD_LR:-}" ]] && kd_lr=(--lr "$KD_LR")
 for a in "${ALPHA_LIST[@]}"; do
     KD_STAGES+=("kd_a$a")
+    EVAL=()
+    [[ "$a" == "$kd_alpha" ]] && eval_args 1 "$EPOCHS_KD"
     # img size and nz come from the teacher (train_kd.py refuses a mismatch, so --img-size is passed as a check)
-    train "kd_a$a" "$EPOCHS_KD" train_kd.py --teacher "$OUT/teacher/generator.pt" --data "$DATA1" \
-        --width "$WIDTH" --batch-size "$KD_BATCH_SIZE" --alpha "$a" "${kd_lr[@]}" \
-        $([[ "$a" == "$kd_alpha" ]] && eval_args 1 "$EPOCHS_KD")
+    stage "kd_a$a" "$EPOCHS_KD" train_kd.py --teacher "$OUT/teacher/generator.pt" --data "$DATA1" \
+        --width "$WIDTH" --batch-size "$KD_BATCH_SIZE" --alpha "$a" "${kd_lr[@]}"
 done
 
 DATA2_STAGES=(full transfer "${VARIANT_LIST[@]}")

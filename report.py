@@ -1,6 +1,7 @@
 """The thesis' result tables 3.1-3.3 from a study directory (experiments.sh), with the thesis' numbers beside ours.
 
-Reads `<runs>/<stage>/summary.json` (training: sec/epoch, memory, model size) and `<runs>/fid/<stage>.json`
+Reads `<runs>/<stage>/summary.json` (training: sec/epoch, model size), `<runs>/memory/<stage>/summary.json`
+(training memory, measured on its own; the stage's summary where missing) and `<runs>/fid/<stage>.json`
 (compute_fid.py --json: FID, KID) for the stages teacher, full, transfer and kd_a<alpha>, and writes into
 --out (default <runs>/report):
     report.md                 the three tables in Markdown, notes, warnings, the figures
@@ -221,7 +222,8 @@ def load_runs(runs_dir, alphas=None, variants=()):
     for stage, alpha in [("teacher", None)] + [(s, None) for s in data2] + [(s, a) for a, s in kd]:
         rec = {"alpha": alpha, "summary": _read_json(os.path.join(runs_dir, stage, "summary.json"), warnings, stage),
                "fid": _read_json(os.path.join(runs_dir, "fid", f"{stage}.json"), warnings, stage),
-               "fid_thesis_count": _thesis_count_fid(runs_dir, stage, warnings), "fid_teacher": None}
+               "fid_thesis_count": _thesis_count_fid(runs_dir, stage, warnings), "fid_teacher": None,
+               "memory": _read_json(os.path.join(runs_dir, "memory", stage, "summary.json"), [], stage)}
         if alpha is not None:
             rec["fid_teacher"] = _read_json(os.path.join(runs_dir, "fid", f"{stage}_vs_teacher.json"), warnings, stage)
         stages[stage] = rec
@@ -256,6 +258,7 @@ def _gb(summary, key):
 def _row_values(rec):
     """The measured values of one stage (None where missing)."""
     s = rec["summary"]
+    m = rec.get("memory") or s  # memory/<stage>: the same command's training memory measured on its own
     iters, sec = _get(s, "args", "iters_per_epoch"), _get(s, "sec_per_epoch")
     sec_update = sec / iters if sec and iters else None
     trainable = [_get(s, k) for k in ("trainable_g", "trainable_d")]
@@ -270,8 +273,8 @@ def _row_values(rec):
             "train_min": _get(s, "train_sec") / 60 if _get(s, "train_sec") else None,
             "trainable": sum(trainable) if None not in trainable else None,
             "frozen": sum(total) - sum(trainable) if None not in trainable + total else None,
-            "mem_device_gb": _gb(s, "peak_mem_mb"), "mem_tensor_gb": _gb(s, "peak_tensor_mb"),
-            "mem_tensor_mb": _get(s, "peak_tensor_mb"), "size_mb": _get(s, "generator_mb")}
+            "mem_device_gb": _gb(m, "peak_mem_mb"), "mem_tensor_gb": _gb(m, "peak_tensor_mb"),
+            "mem_tensor_mb": _get(m, "peak_tensor_mb"), "size_mb": _get(s, "generator_mb")}
 
 
 def verdict(v, ref):
@@ -325,7 +328,9 @@ MEM_COLUMNS = [("memory GB, device peak (ours)", ["mem_gb_device"]), ("memory GB
                ("memory GB (thesis)", ["mem_gb_thesis"])]
 MEM_NOTE = ("memory: \"device peak\" = `peak_mem_mb` (on CUDA the allocator's peak, as the thesis measured; on a "
             "CPU the process' peak RSS, Python and torch included); \"tensors\" = `peak_tensor_mb` (parameters, "
-            "gradients, optimizer state and saved activations; device independent); GB = MiB / 1024.")
+            "gradients, optimizer state and saved activations; device independent); GB = MiB / 1024; both from "
+            "memory/<stage> (the stage's command for 3 iterations without evaluations) where it exists, else from "
+            "the training run.")
 
 
 def table_3_1(runs):
@@ -350,9 +355,10 @@ def table_3_1(runs):
                "mean ± std over subsets. Model 1 is scored against data 1, every other row against data 2.",
                "vs full training: better / worse when the FID difference exceeds twice the combined bootstrap std, "
                "else a tie.",
-               "tensor peak: parameters + gradients + optimizer state + saved activations of training (the "
-               "evaluator's Inception is loaded after the measured iterations); device peak: the process' peak "
-               "RSS on a CPU (Python and torch included), the allocator's peak on CUDA, training iterations only.",
+               "tensor peak: parameters + gradients + optimizer state + saved activations of training; device "
+               "peak: the process' peak RSS on a CPU (Python and torch included), the allocator's peak on CUDA; "
+               "both from memory/<stage>, the stage's command run for 3 iterations without evaluations in a fresh "
+               "process (else from the training run, whose evaluator loads after the measured iterations).",
                "sec/update: one generator update with its critic updates (median epoch / updates per epoch); "
                "images/s: generated images per second of training; minutes: training time, evaluations excluded.",
                "The thesis' epochs are 25 generator + 200 critic updates, at 128x128, width 1, on a GPU."])
@@ -486,10 +492,9 @@ def _font(size=14):
         return ImageFont.load_default()
 
 
-def _snapshot_rows(run_dir, max_rows=8):
+def _snapshot_rows(run_dir, max_rows=8, warnings=None):
     """[(epoch, row image)] from <run>/snapshots/epoch_*.png, at most `max_rows` evenly spread (last kept);
-    falls back to the one timeline.png (epoch None) when there are no snapshots."""
-    from PIL import Image
+    falls back to the one timeline.png (epoch None) when there are no snapshots; unreadable files are left out."""
     files = sorted(glob.glob(os.path.join(run_dir, "snapshots", "epoch_*.png")))
     if len(files) > max_rows:
         idx = sorted({round(i * (len(files) - 1) / (max_rows - 1)) for i in range(max_rows)})
@@ -497,12 +502,26 @@ def _snapshot_rows(run_dir, max_rows=8):
     rows = []
     for f in files:
         m = re.search(r"epoch_(\d+)\.png$", f)
-        with Image.open(f) as im:
-            rows.append((int(m.group(1)), im.convert("RGB")))
+        image = _read_image(f, warnings)
+        if image:
+            rows.append((int(m.group(1)), image))
     if not rows and os.path.isfile(os.path.join(run_dir, "timeline.png")):
-        with Image.open(os.path.join(run_dir, "timeline.png")) as im:
-            rows.append((None, im.convert("RGB")))
+        image = _read_image(os.path.join(run_dir, "timeline.png"), warnings)
+        if image:
+            rows.append((None, image))
     return rows
+
+
+def _read_image(path, warnings=None):
+    """An RGB PIL image, or None (a warning appended) for a file that is empty, truncated or not an image."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for broken files
+        if warnings is not None:
+            warnings.append(f"{path}: cannot read it ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}); left out")
+        return None
 
 
 def stage_label(runs, stage):
@@ -523,7 +542,7 @@ def timelines_figure(runs, path, max_rows=8):
     for band in bands:
         panels.append([])
         for stage in band:
-            rows = _snapshot_rows(os.path.join(runs["root"], stage), max_rows)
+            rows = _snapshot_rows(os.path.join(runs["root"], stage), max_rows, runs["warnings"])
             if rows:
                 panels[-1].append((stage, stage_label(runs, stage), rows))
             else:
@@ -557,16 +576,15 @@ def timelines_figure(runs, path, max_rows=8):
     return [stage for band in panels for stage, _, _ in band]
 
 
-def sample_grid(folder, path, n=36, ncol=6):
+def sample_grid(folder, path, n=36, ncol=6, warnings=None):
     """The first `n` NNNNN.png images of a samples folder as one grid (2 px white padding); False if none."""
     from PIL import Image
     files = sorted(f for f in glob.glob(os.path.join(folder, "*.png")) if re.fullmatch(r"\d+\.png", os.path.basename(f)))[:n]
     if not files:
         return False
-    images = []
-    for f in files:
-        with Image.open(f) as im:
-            images.append(im.convert("RGB"))
+    images = [im for im in (_read_image(f, warnings) for f in files) if im is not None]
+    if not images:
+        return False
     w, h = images[0].width, images[0].height
     nrow = math.ceil(len(images) / ncol)
     cols = min(ncol, len(images))
@@ -766,7 +784,7 @@ def write_report(runs_dir, out=None, alphas=None, kd_alpha=0.05, variants=()):
     drawn = timelines_figure(runs, os.path.join(out, "timelines.png"))
     grids = []
     for stage in runs["stages"]:
-        if sample_grid(os.path.join(runs_dir, "samples", stage), os.path.join(out, f"grid_{stage}.png")):
+        if sample_grid(os.path.join(runs_dir, "samples", stage), os.path.join(out, f"grid_{stage}.png"), warnings=runs["warnings"]):
             grids.append(stage)
         else:
             runs["warnings"].append(f"{stage}: no samples in samples/{stage}; no grid_{stage}.png")

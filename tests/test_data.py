@@ -490,7 +490,9 @@ def test_a_failed_write_is_one_error_naming_the_file_and_leaves_no_temp_files(tm
     (tmp_path / "old" / "00000.png").write_bytes(b"an earlier result")
     with pytest.raises(DataError, match="No space left on device"):
         data.main(["demo", str(tmp_path / "old"), "--n", "3", "--size", "16", "--overwrite"])
-    assert os.listdir(tmp_path / "old") == []  # no temp file or half-written PNG left behind
+    # no temp file or half-written PNG left behind, and the earlier result is still there
+    assert os.listdir(tmp_path / "old") == ["00000.png"]
+    assert (tmp_path / "old" / "00000.png").read_bytes() == b"an earlier result"
     monkeypatch.undo()
 
     with warnings.catch_warnings(record=True) as record:  # an unwritable cache only costs time

@@ -6,8 +6,10 @@ folder so the hub cache is never read or downloaded), so the numbers are meaning
 About 1-3 minutes on 2 CPU cores (the --demo settings).
 """
 import csv
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -21,7 +23,8 @@ SCRIPT = os.path.join(ROOT, "experiments.sh")
 KD = ["kd_a0.3", "kd_a0.05", "kd_a0.01", "kd_a0.001"]
 MODELS = ["teacher", "full", "transfer"] + KD
 STAGES = (["real1", "fid/ref_data1.npz", "real2", "fid/ref_data2.npz"]  # first: --eval-every needs them
-          + MODELS + [f"samples/{m}" for m in MODELS] + [f"fid/gen_{m}.npz" for m in MODELS]
+          + [s for m in MODELS for s in (m, f"memory/{m}")]  # each trained, then its training memory measured
+          + [f"samples/{m}" for m in MODELS] + [f"fid/gen_{m}.npz" for m in MODELS]
           + ["fid/teacher.json", "fid/teacher_vs_data2.json", "fid/full.json", "fid/transfer.json"]
           + [f for k in KD for f in (f"fid/{k}.json", f"fid/{k}_vs_teacher.json")])
 
@@ -64,7 +67,7 @@ def study(tmp_path_factory):
             torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
     weights = tmp / "random_inception.pth"
     torch.save(net.state_dict(), weights)
-    out = tmp / "out"
+    out = tmp / "study out"  # a space in the path: every path in the script is quoted
     # the demo chain, shortened: the full --demo (minutes) is for people; this checks every stage and cell
     cmd = ["bash", SCRIPT, "--demo", "--out", str(out), "--weights", str(weights), "--device", "cpu",
            "--epochs-teacher", "2", "--epochs-transfer", "2", "--epochs-kd", "1", "--iters-per-epoch", "2",
@@ -141,6 +144,28 @@ def test_figures(study):
             assert im.size == (6 * 34 + 2, 6 * 34 + 2)
 
 
+def test_each_memory_stage_reruns_its_command_for_three_iterations_without_evaluations(study):
+    out, first, _ = study
+    commands = [shlex.split(ln[4:]) for ln in first.stdout.splitlines() if ln.startswith("  $ ")]
+    measured = [c for c in commands if "/memory/" in c[-1]]
+    assert len(measured) == len(MODELS)
+    for m, cmd in zip(MODELS, measured):
+        assert cmd[-8:] == ["--epochs", "1", "--iters-per-epoch", "3", "--snapshot-every", "1", "--out", f"{out}/memory/{m}"]
+        assert "--eval-every" not in cmd and "--resume" not in cmd
+        trained = [c for c in commands if c[-3:] == ["--out", f"{out}/{m}", "--resume"]]
+        assert len(trained) == 1
+        end = trained[0].index("--eval-every") if "--eval-every" in trained[0] else trained[0].index("--epochs")
+        assert cmd[:end] == trained[0][:end]  # the same script and flags
+        with open(out / "memory" / m / "summary.json") as f:
+            summary = json.load(f)
+        assert summary["epochs"] == 1 and summary["peak_tensor_mb"] > 0
+    rows = list(csv.DictReader(open(out / "report" / "table3_1.csv")))
+    with open(out / "memory" / "transfer" / "summary.json") as f:
+        transfer = json.load(f)["peak_tensor_mb"]
+    row = next(r for r in rows if "thesis' freezing" in r["model"])
+    assert float(row["peak_tensor_mb"]) == pytest.approx(transfer, rel=0.01)  # the report reads memory/
+
+
 def test_second_run_skips_every_stage(study):
     _, _, second = study
     lines = stage_lines(second.stdout)
@@ -149,6 +174,17 @@ def test_second_run_skips_every_stage(study):
         assert line.startswith(f"[stage] {stage}: done, skipping"), line
     assert lines[-1] == "[stage] report: running"
     assert "train_wgan.py" not in second.stdout and "compute_fid.py" not in second.stdout
+
+
+def test_another_size_or_width_on_the_same_out_is_refused_before_anything_changes(study, tmp_path):
+    out = study[0]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    for flags, trained in ((["--size", "64"], "--size 32 --width 0.25"), (["--width", "0.5"], "--size 32 --width 0.25")):
+        r = subprocess.run(["bash", SCRIPT, "--demo", "--out", str(out), *flags], cwd=ROOT, env=env_for(tmp_path),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"was trained with {trained}: pass those, or another --out" in r.stderr, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
 def test_help_and_bad_flags(tmp_path):
@@ -164,4 +200,10 @@ def test_help_and_bad_flags(tmp_path):
     ok = subprocess.run(["bash", SCRIPT, "--size", "64", "--data1", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert ok.returncode == 2 and "neither a folder nor a demo spec" in ok.stderr
+    for flags, says in ((["--out", ""], "OUT is empty"), (["--size", "33"], "SIZE must be a power of two from 32"),
+                        (["--size", "16"], "SIZE must be a power of two from 32")):
+        bad = subprocess.run(["bash", SCRIPT, *flags], cwd=tmp_path, env=env_for(tmp_path), capture_output=True,
+                             text=True, timeout=30)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and says in bad.stderr, bad.stderr
+    assert os.listdir(tmp_path) == []  # refused before anything was made (--out "" would have meant /)
     assert not (tmp_path / "o").exists()

@@ -436,3 +436,17 @@ def test_runs_without_torch_or_numpy(tmp_path):
     h = subprocess.run([sys.executable, os.path.join(ROOT, "report.py"), "--help"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert h.returncode == 0 and "(default: 0.05)" in h.stdout and "quality.png" in h.stdout
+
+
+def test_memory_columns_come_from_the_memory_stage_where_it_exists(tmp_path):
+    """memory/<stage>/summary.json (experiments.sh: the stage's command for 3 iterations, no evaluations) gives the
+    memory cells; a stage without it keeps its training run's figures."""
+    runs = make_study(tmp_path / "study")
+    write_json(os.path.join(runs, "memory", "transfer", "summary.json"),
+               summary(1, 1.0, 0.9, 0.25, 182.6))  # device 0.9 GB, tensors 0.25 GB against full's 2.0
+    result = report.write_report(runs, str(tmp_path / "report"))
+    rows = read_csv(tmp_path / "report" / "table3_1.csv")
+    assert [r["mem_gb_device"] for r in rows] == ["4.03", "4.03", "0.900"]
+    assert [r["peak_tensor_vs_full"] for r in rows] == ["1.00x", "1.00x", "0.12x"]
+    assert [r["sec_per_update"] for r in rows] == ["2.38", "2.39", "1.85"]  # time still from the training run
+    assert "memory/<stage>" in result["markdown"]
