@@ -493,11 +493,13 @@ def open_run(args, script, env):
         raise UserError(f"{path} is not a training checkpoint of this toolkit")
     if ckpt.get("script") != script:
         raise UserError(f"{path} was written by {ckpt.get('script')}, not {script}")
-    check_resume_epochs(ckpt, args, path, into=None if has_run else out)
     if args.precision_flag == "auto" and ckpt["args"].get("precision", env.precision) != env.precision:
         env.__init__(env.device, env.rank, env.world_size, ckpt["args"]["precision"])  # resume as it ran
         args.precision = env.precision
-    check_resume_flags(args, ckpt["args"], path, say=env.master)
+    notes = check_resume_flags(args, ckpt["args"], path)
+    check_resume_epochs(ckpt, args, path, into=None if has_run else out)
+    for note in notes if env.master else ():  # once nothing refuses the resume
+        print(note, flush=True)
     ckpt["path"] = path
     return ckpt
 
@@ -533,9 +535,9 @@ def _shown(value):
     return {True: "on", False: "off", None: "none"}[value] if isinstance(value, bool) or value is None else str(value)
 
 
-def check_resume_flags(args, saved, path, say=True):
+def check_resume_flags(args, saved, path):
     """Each flag that differs from the checkpoint's `saved` flags: refused in one line (FIXED_ON_RESUME, or Adam's
-    beta1 from 0, whose first moment was never kept), or applied from now on and noted in one line."""
+    beta1 from 0, whose first moment was never kept), or applied from now on: the notes that say so, one line each."""
     flag = lambda key: "--" + key.replace("_", "-")
     changed = [k for k, v in vars(args).items() if k in saved and k not in _NOT_NOTED and _shown(v) != _shown(saved[k])]
     for key in changed:
@@ -544,9 +546,9 @@ def check_resume_flags(args, saved, path, say=True):
             raise UserError(f"{flag(key)} {_shown(getattr(args, key))} differs from {path}'s {_shown(saved[key])}: a "
                             f"resumed run cannot change {why}; resume with {flag(key)} {_shown(saved[key])}, or start "
                             f"a new run in another --out")
-    for key in changed if say else ():
-        extra = " (the fp16 loss scale starts afresh)" if key == "precision" and args.precision == "fp16" else ""
-        print(f"note: {flag(key)} {_shown(getattr(args, key))} (checkpoint: {_shown(saved[key])}) applied{extra}", flush=True)
+    extra = lambda key: " (the fp16 loss scale starts afresh)" if key == "precision" and args.precision == "fp16" else ""
+    return [f"note: {flag(key)} {_shown(getattr(args, key))} (checkpoint: {_shown(saved[key])}) applied{extra(key)}"
+            for key in changed]
 
 
 # ----------------------------------------------------------------------------- pictures
