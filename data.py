@@ -664,7 +664,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, no source echo
+    # one line on stderr, no source echo (as harness.run_main)
+    warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr, flush=True)
     try:
         main()
     except DataError as e:

@@ -40,15 +40,24 @@ def run_main(main):
         main()
         if dist.is_initialized():
             dist.barrier()  # every process done writing before any tears the group down (gloo aborts otherwise)
-    except (UserError, data.DataError, arch.ModelFileError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        fid = sys.modules.get("compute_fid")
+        print(f"error: {'evaluation: ' if fid and isinstance(e, fid.UserError) else ''}{e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
+        data.unlock_folders()  # --out is free for the next writer (a finished run released it already)
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _user_errors():
+    """The exceptions that are one `error:` line: ours, and compute_fid's once imported (it imports nothing of
+    ours, so its UserError is its own; only evaluating runs import it)."""
+    fid = sys.modules.get("compute_fid")
+    return (UserError, data.DataError, arch.ModelFileError) + ((fid.UserError,) if fid else ())
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -81,18 +90,21 @@ nonneg_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
 beta = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 unit_float = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 image_size = _number(int, lambda v: 16 <= v <= 1024 and not v & (v - 1), "a power of two from 16 to 1024")
+seed_value = _number(int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1 = 4294967295")  # numpy's range
 
 
-def add_run_args(p, data_default="demo:cats", out_default="runs/wgan"):
+def add_run_args(p, data_default="demo:cats", out_default="runs/wgan", width_default=1.0):
     """The flags every training script shares (hyperparameters stay in each script)."""
     p.add_argument("--data", default=data_default, help="image folder, or demo:cats / demo:dogs (built-in procedural data)")
     p.add_argument("--out", default=out_default, help="run directory: checkpoints, pictures, metrics")
-    p.add_argument("--width", type=positive_float, default=1.0, help="channel-width multiplier; 1 = thesis architecture")
+    p.add_argument("--width", type=positive_float, default=width_default, help="channel-width multiplier; 1 = thesis "
+                   "architecture" + ("" if width_default else " (None: the teacher's)"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: LOCAL_RANK's GPU)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="autocast dtype of the forward passes: auto = bf16 on CUDA with bf16 and on CPUs with native "
                         "bf16 (measured at start), else fp32; fp16 uses loss scaling")
-    p.add_argument("--seed", type=int, default=0, help="random seed (each process of a multi-GPU run derives its own)")
+    p.add_argument("--seed", type=seed_value, default=0, help="random seed, 0 to 2**32 - 1 (each process of a "
+                   "multi-GPU run derives its own)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="continue a run: from CKPT, or (flag alone) from <out>/ckpt.pt if it exists, else start fresh")
     p.add_argument("--ema", type=nonneg_float, default=10000, metavar="IMAGES",
@@ -177,10 +189,49 @@ def setup(args):
         warnings.warn("--precision fp16 on a CPU is slow; it is meant for GPUs")
     args.precision = precision
     data.diffaug_policy(args.diffaug)  # a bad policy fails now, not after the data is decoded
-    if args.eval_every and not (args.eval_ref and os.path.isfile(args.eval_ref)):
-        raise UserError(f"--eval-every needs --eval-ref STATS.npz (compute_fid.py --save-stats DATASET STATS.npz), got {args.eval_ref}")
+    if args.eval_every and rank == 0:  # (only rank 0 evaluates)
+        check_evaluation(args)
     seed_everything(args.seed, rank)
     return Env(device, rank, world_size, precision)
+
+
+def check_evaluation(args):
+    """--eval-every's inputs, before the first epoch rather than at the first evaluation: --eval-ref is a
+    statistics file of a feature size the Inception network has, --eval-n gives a covariance, the Inception
+    weights are at hand (the hub cache is filled now if it can be; offline, one line now)."""
+    if not (args.eval_ref and os.path.isfile(args.eval_ref)):
+        raise UserError(f"--eval-every needs --eval-ref STATS.npz (compute_fid.py --save-stats DATASET STATS.npz), got {args.eval_ref}")
+    if args.eval_n < 2:
+        raise UserError(f"--eval-n {args.eval_n}: FID needs at least 2 images")
+    try:
+        import compute_fid
+    except ImportError as e:
+        raise UserError(f"--eval-every needs compute_fid.py (and pytorch-fid) beside the script: {e}") from None
+    try:
+        dims = len(compute_fid.load_stats(args.eval_ref)["mu"])
+        if dims not in compute_fid.DIMS:
+            raise compute_fid.UserError(f"--eval-ref {args.eval_ref} holds {dims}-dim statistics; the FID Inception "
+                                        f"network gives {', '.join(map(str, compute_fid.DIMS))}")
+        if args.eval_weights:
+            compute_fid.read_state_dict(args.eval_weights)
+        else:
+            compute_fid.fetch_hub_weights()
+    except compute_fid.UserError as e:
+        raise UserError(str(e).replace("--weights", "--eval-weights")) from None
+
+
+def build(env, kind, **config):
+    """`kind(**config)` (an arch model) on env.device, once training it is known to fit in memory: counted first on
+    the meta device (no memory, no random draws) at 4 copies of its weights (weights, gradients, Adam's state, an
+    EMA), so that an absurd --width or --img-size ends in one line, not in an allocator error or swapping."""
+    with torch.device("meta"):
+        nbytes = 4 * arch.param_bytes(kind(**config))
+    what = f"a {kind.__name__} with {config}"
+    if env.device.type == "cuda" and nbytes > torch.cuda.mem_get_info(env.device)[0]:
+        raise UserError(f"{what} needs {nbytes / 2**30:,.1f} GiB to train, more than {env.device} has free")
+    if env.device.type == "cpu":
+        data.check_memory(nbytes, f"training {what}")
+    return kind(**config).to(env.device)
 
 
 def seed_everything(seed, rank=0):
@@ -437,10 +488,29 @@ def check_writable(folder):
 CHECKPOINT_FORMAT = arch.CHECKPOINT_FORMAT
 
 
+def lock_out(out, env):
+    """One writer per run folder: data.lock_folder by rank 0, which writes (released by write_summary or run_main).
+    Under torchrun every process learns whether rank 0 got it, so that none waits for a rank 0 that stopped."""
+    refused = None
+    if env.master:
+        try:
+            data.lock_folder(out)
+        except data.DataError as e:
+            refused = e
+    if env.world_size > 1:
+        flag = torch.tensor(float(refused is not None), device=env.device)
+        dist.broadcast(flag, 0)
+        if flag.item() and refused is None:
+            raise UserError(f"{out}: rank 0 could not lock it (see its error)")
+    if refused is not None:
+        raise refused
+
+
 def open_run(args, script, env):
     """Check --out and --resume before anything slow: the loaded checkpoint to resume, or None to start fresh."""
     out, ckpt_path = args.out, os.path.join(args.out, "ckpt.pt")
     check_writable(out)
+    lock_out(out, env)
     if env.master:
         remove_stale_temp_files(out)
     has_run = os.path.isfile(ckpt_path) or os.path.isfile(os.path.join(out, "metrics.jsonl"))
@@ -463,17 +533,62 @@ def open_run(args, script, env):
         raise UserError(f"{path} is not a training checkpoint of this toolkit")
     if ckpt.get("script") != script:
         raise UserError(f"{path} was written by {ckpt.get('script')}, not {script}")
+    if args.precision_flag == "auto" and ckpt["args"].get("precision", env.precision) != env.precision:
+        env.__init__(env.device, env.rank, env.world_size, ckpt["args"]["precision"])  # resume as it ran
+        args.precision = env.precision
+    notes = check_resume_flags(args, ckpt["args"], path)
+    check_resume_epochs(ckpt, args, path, into=None if has_run else out)
+    for note in notes if env.master else ():  # once nothing refuses the resume
+        print(note, flush=True)
+    ckpt["path"] = path
+    return ckpt
+
+
+def check_resume_epochs(ckpt, args, path, into=None):
+    """The checkpoint has epochs left to train with --epochs and --iters-per-epoch; `into`: a new --out, where a
+    finished checkpoint would only copy itself."""
     if ckpt["epoch"] > args.epochs:
         raise UserError(f"{path} has trained {ckpt['epoch']} epochs already, more than --epochs {args.epochs}: "
                         f"pass --epochs {ckpt['epoch']} or more")
     if ckpt["iteration"] and ckpt["args"]["iters_per_epoch"] != args.iters_per_epoch:
         raise UserError(f"{path} was stopped in the middle of an epoch of {ckpt['args']['iters_per_epoch']} iterations: "
                         f"resume with --iters-per-epoch {ckpt['args']['iters_per_epoch']} (change it after that epoch)")
-    if args.precision_flag == "auto" and ckpt["args"].get("precision", env.precision) != env.precision:
-        env.__init__(env.device, env.rank, env.world_size, ckpt["args"]["precision"])  # resume as it ran
-        args.precision = env.precision
-    ckpt["path"] = path
-    return ckpt
+    if into and ckpt["epoch"] == args.epochs and not ckpt["iteration"]:
+        raise UserError(f"{path} has trained all {args.epochs} epochs already: nothing to train into {into} "
+                        f"(pass more --epochs to continue it there)")
+
+
+# flags a resumed run cannot follow, and why: the checkpoint's models, optimizer state and random streams are
+# built on them (any other flag that differs from the checkpoint's is applied from there on, with a note)
+_SHAPE, _TRAINED, _START = "the models' shape", "which weights train (the optimizer's state)", \
+    "the starting weights, which come from the checkpoint"
+FIXED_ON_RESUME = {"width": _SHAPE, "img_size": _SHAPE, "nz": _SHAPE, "freeze_g": _TRAINED, "freeze_d": _TRAINED,
+                   "freeze_g_from": _TRAINED, "init": _START, "init_d": _START, "init_g": _START,
+                   "seed": "the random streams, which continue from the checkpoint"}
+_NOT_NOTED = ("out", "resume", "precision_flag", "epochs")  # (--epochs counts in all: more of them is how to extend)
+
+
+def _shown(value):
+    """A flag's value as typed: lists space-separated, True/False/None as on/off/none."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return {True: "on", False: "off", None: "none"}[value] if isinstance(value, bool) or value is None else str(value)
+
+
+def check_resume_flags(args, saved, path):
+    """Each flag that differs from the checkpoint's `saved` flags: refused in one line (FIXED_ON_RESUME, or Adam's
+    beta1 from 0, whose first moment was never kept), or applied from now on: the notes that say so, one line each."""
+    flag = lambda key: "--" + key.replace("_", "-")
+    changed = [k for k, v in vars(args).items() if k in saved and k not in _NOT_NOTED and _shown(v) != _shown(saved[k])]
+    for key in changed:
+        if key in FIXED_ON_RESUME or (key == "betas" and saved[key][0] == 0 and args.betas[0] > 0):
+            why = FIXED_ON_RESUME.get(key, "Adam's first moment, never kept at beta1 = 0")
+            raise UserError(f"{flag(key)} {_shown(getattr(args, key))} differs from {path}'s {_shown(saved[key])}: a "
+                            f"resumed run cannot change {why}; resume with {flag(key)} {_shown(saved[key])}, or start "
+                            f"a new run in another --out")
+    extra = lambda key: " (the fp16 loss scale starts afresh)" if key == "precision" and args.precision == "fp16" else ""
+    return [f"note: {flag(key)} {_shown(getattr(args, key))} (checkpoint: {_shown(saved[key])}) applied{extra(key)}"
+            for key in changed]
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -646,8 +761,9 @@ def gather_ranks(batches, env):
 def restore(ckpt, trained, ema, batches, env, seed):
     """Where the loop starts: with `open_run`'s checkpoint, load it into `trained` ({"G": G, "D": D, "opt_g": ...,
     "scaler_d": ...}, each from its key), the EMA, the batch order and every RNG and return its position; with
-    None, the position of a fresh run. The flags' learning rates win over the checkpoint's (a resume may lower
-    --lr). A resumed run ends bitwise equal to an uninterrupted one on the same device."""
+    None, the position of a fresh run. The flags' learning rates and betas win over the checkpoint's (a resume may
+    lower --lr; see check_resume_flags); a loss scale is loaded only into an fp16 run from an fp16 run (else it
+    starts afresh). A resumed run ends bitwise equal to an uninterrupted one on the same device."""
     position = dict(epoch=0, iteration=0, step=0, images=0, train_sec=0.0, losses=None, memory=None)
     if ckpt is None:
         return position
@@ -657,11 +773,11 @@ def restore(ckpt, trained, ema, batches, env, seed):
                 raise UserError(f"{ckpt['path']}: its {key} is {ckpt[key]['config']}, but the flags give {obj.config}")
             obj.load_state_dict(ckpt[key]["state_dict"])
         elif isinstance(obj, torch.optim.Optimizer):
-            lrs = [g["lr"] for g in obj.param_groups]
+            flags = [(g["lr"], g["betas"]) for g in obj.param_groups]
             obj.load_state_dict(ckpt[key])
-            for g, lr in zip(obj.param_groups, lrs):
-                g["lr"] = lr
-        elif key in ckpt:  # a loss scaler
+            for g, (lr, betas) in zip(obj.param_groups, flags):
+                g["lr"], g["betas"] = lr, betas
+        elif obj.is_enabled() and ckpt.get(key):  # a loss scaler: a disabled one (bf16, fp32) saved an empty state
             obj.load_state_dict(ckpt[key])
     if ema:
         ema.model.load_state_dict(ckpt["G_ema"]["state_dict"] if "G_ema" in ckpt else trained["G"].state_dict())
@@ -781,6 +897,22 @@ def log_epoch(record, out, epochs, eta):
             warnings.warn(f"quality.png not written: {e}")
 
 
+def drop_dead_run(out, done):
+    """What a killed run left after the checkpoint this run starts from (`done`, from restore): its snapshots
+    (all on a fresh start, with its metrics.jsonl and quality.png), so that the timeline shows only this run's
+    epochs (the dead run may have gone further than this one will)."""
+    fresh, folder = done["step"] == 0, os.path.join(out, "snapshots")
+    for name in ("metrics.jsonl", "quality.png") if fresh else ():
+        if os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    later = [f for f in (os.listdir(folder) if os.path.isdir(folder) else ())
+             if re.fullmatch(r"epoch_(\d+)\.png", f) and (fresh or int(f[6:-4]) > done["epoch"])]
+    for f in later:
+        os.remove(os.path.join(folder, f))
+    if later and not fresh and any(f.startswith("epoch_") for f in os.listdir(folder)):
+        write_timeline(folder, os.path.join(out, "timeline.png"))
+
+
 def snapshot(G, z, out, epoch):
     """G's images of the fixed latents `z`, in eval mode, as snapshots/epoch_NNNNNN.png; timeline.png restacked."""
     was_training = G.training
@@ -812,12 +944,15 @@ def run_summary(args, script, env, step, G, ema, clock, meter, resumed_memory=No
 
 
 def write_summary(out, summary):
-    """summary.json, with the last line of metrics.jsonl as its "final" entry."""
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        records = [json.loads(ln) for ln in f if ln.strip()]
+    """summary.json, with the last line of metrics.jsonl as its "final" entry; the run folder's lock released."""
+    path, records = os.path.join(out, "metrics.jsonl"), []
+    if os.path.isfile(path):  # (a finished run resumed into its own folder after metrics.jsonl was lost)
+        with open(path) as f:
+            records = [json.loads(ln) for ln in f if ln.strip()]
     if records:
         summary["final"] = {k: v for k, v in records[-1].items() if k not in ("epoch", "step")}
     write_json(os.path.join(out, "summary.json"), summary)
+    data.unlock_folders()  # the run folder is complete
     print(f"done: {out}/summary.json, {out}/generator.pt, pictures in {out}/timeline.png", flush=True)
 
 

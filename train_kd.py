@@ -84,6 +84,9 @@ def load_teacher(path, device, img_size, nz, dtype="bf16"):
         if mine is not None and mine != config[name]:
             raise harness.UserError(f"teacher {path} has {name}={config[name]}, student asks for {name}={mine}: "
                                     f"they must match (leave --{name.replace('_', '-')} out to take the teacher's)")
+    if config["img_size"] < 32:  # GeneratorKD's smallest
+        raise harness.UserError(f"teacher {path} makes {config['img_size']}x{config['img_size']} images; the KD "
+                                "student needs 32x32 or more: distil a teacher trained with --img-size 32 or larger")
     teacher.requires_grad_(False)
     if dtype == "bf16":
         arch.store_frozen(teacher, blocks=len(teacher.layers()))
@@ -92,7 +95,7 @@ def load_teacher(path, device, img_size, nz, dtype="bf16"):
 
 def build_parser():
     p = harness.ArgumentParser(prog="train_kd.py", description=__doc__)
-    harness.add_run_args(p, out_default="runs/kd")
+    harness.add_run_args(p, out_default="runs/kd", width_default=None)  # the student follows the teacher unless given
     p.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher generator: a train_wgan.py generator.pt, ckpt.pt, "
                    "run dir, or a raw thesis state_dict (the default is where `python train_wgan.py` writes it)")
     p.add_argument("--teacher-dtype", choices=("bf16", "fp32"), default="bf16", help="storage of the frozen teacher's weights")
@@ -111,10 +114,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     env = harness.setup(args)
     teacher, tconf = load_teacher(args.teacher, env.device, args.img_size, args.nz, args.teacher_dtype)
-    resume = harness.open_run(args, "train_kd", env)
-    args.img_size, args.nz = tconf["img_size"], tconf["nz"]
-    G = arch.GeneratorKD(nz=args.nz, img_size=args.img_size, width=args.width).to(env.device)
-    D = arch.DCGANDiscriminator(img_size=args.img_size, width=args.width).to(env.device)
+    taken = [f"--{k.replace('_', '-')}" for k in ("img_size", "nz", "width") if getattr(args, k) is None]
+    args.img_size, args.nz = tconf["img_size"], tconf["nz"]  # (load_teacher refused other values)
+    args.width = tconf["width"] if args.width is None else args.width
+    if env.master:
+        print(f"student: {args.img_size}x{args.img_size}, nz {args.nz}, width {args.width}"
+              + (f" ({', '.join(taken)} from the teacher)" if taken else ""), flush=True)
+    resume = harness.open_run(args, "train_kd", env)  # (after the student's flags are known: resume checks them)
+    G = harness.build(env, arch.GeneratorKD, nz=args.nz, img_size=args.img_size, width=args.width)  # if it fits
+    D = harness.build(env, arch.DCGANDiscriminator, img_size=args.img_size, width=args.width)
     G.apply(arch.weights_init)
     D.apply(arch.weights_init)
     dataset = data.load_dataset(args.data, args.img_size, cache_dir=args.cache_dir, verbose=env.master)
@@ -145,6 +153,8 @@ def main(argv=None):
         import compute_fid  # only evaluating runs need it (and pytorch-fid)
         evaluate = compute_fid.Evaluator(args.eval_ref, args.nz, args.eval_n, env.device, args.eval_weights, args.eval_fast)
     z_fixed = torch.randn(6, args.nz, 1, 1, generator=torch.Generator().manual_seed(1234)).to(env.device)
+    if env.master:  # a killed run's snapshots after the checkpoint (all of them on a fresh start) go
+        harness.drop_dead_run(args.out, done)
     if done["step"] == 0 and env.master:
         harness.snapshot(sampler, z_fixed, args.out, 0)  # the untrained student: row 0 of the timeline
     meter = harness.MemoryMeter(env.device, [G, D, teacher] + ([ema.model] if ema else []), [opt_g, opt_d])  # teacher too

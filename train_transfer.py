@@ -65,8 +65,8 @@ def main(argv=None):
     resume = harness.open_run(args, "train_transfer", env)
     if args.init and not os.path.exists(args.init):
         raise harness.UserError(f"--init {args.init}: no such run directory or file")
-    G = arch.Generator(nz=args.nz, img_size=args.img_size, width=args.width).to(env.device)
-    D = arch.Discriminator(img_size=args.img_size, width=args.width).to(env.device)
+    G = harness.build(env, arch.Generator, nz=args.nz, img_size=args.img_size, width=args.width)  # if it fits
+    D = harness.build(env, arch.Discriminator, img_size=args.img_size, width=args.width)
     G.apply(arch.weights_init)
     D.apply(arch.weights_init)
     if args.init:

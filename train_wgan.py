@@ -137,6 +137,8 @@ def train(args, env, G, D, batches, script="train_wgan", resume=None, summary=No
         import compute_fid  # only evaluating runs need it (and pytorch-fid)
         evaluate = compute_fid.Evaluator(args.eval_ref, args.nz, args.eval_n, env.device, args.eval_weights, args.eval_fast)
     z_fixed = torch.randn(6, args.nz, 1, 1, generator=torch.Generator().manual_seed(1234)).to(env.device)
+    if env.master:  # a killed run's snapshots after the checkpoint (all of them on a fresh start) go
+        harness.drop_dead_run(args.out, done)
     if done["step"] == 0 and env.master:
         harness.snapshot(sampler, z_fixed, args.out, 0)  # the untrained generator: row 0 of the timeline
     meter = harness.MemoryMeter(env.device, [G, D] + ([ema.model] if ema else []), [opt_g, opt_d])
@@ -211,8 +213,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     env = harness.setup(args)
     resume = harness.open_run(args, "train_wgan", env)
-    G = arch.Generator(nz=args.nz, img_size=args.img_size, width=args.width).to(env.device)
-    D = arch.Discriminator(img_size=args.img_size, width=args.width).to(env.device)
+    G = harness.build(env, arch.Generator, nz=args.nz, img_size=args.img_size, width=args.width)  # if it fits
+    D = harness.build(env, arch.Discriminator, img_size=args.img_size, width=args.width)
     G.apply(arch.weights_init)
     D.apply(arch.weights_init)
     dataset, batches = load_batches(args, env)

@@ -20,6 +20,7 @@ import resource
 import runpy
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -28,13 +29,18 @@ import traceback
 import warnings
 import zlib
 
+import numpy as np
 import pytest
 import torch
 import torchvision.utils  # noqa: F401  (imported here once: the forked children render snapshots with it)
 from PIL import Image, PngImagePlugin  # noqa: F401  (same)
 
 import arch
+import compute_fid
+import data
 import harness
+import train_kd
+import train_transfer
 import train_wgan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,13 +172,16 @@ def sha256(path):
 
 
 def tree(root):
-    """Every folder and every file's sha256 under `root`."""
+    """Every folder and every file's sha256 under `root` (links and FIFOs by what they are: never opened)."""
     state = {}
     for folder, dirs, files in os.walk(root):
         for d in dirs:
             state[os.path.relpath(os.path.join(folder, d), root) + "/"] = "folder"
         for f in files:
-            state[os.path.relpath(os.path.join(folder, f), root)] = sha256(os.path.join(folder, f))
+            path = os.path.join(folder, f)
+            mode = os.lstat(path).st_mode
+            state[os.path.relpath(path, root)] = (sha256(path) if stat.S_ISREG(mode) else f"link to {os.readlink(path)}"
+                                                 if stat.S_ISLNK(mode) else f"special {stat.S_IFMT(mode)}")
     return state
 
 
@@ -584,13 +593,13 @@ def world(reference, tmp_path_factory):
         next(G.parameters()).fill_(float("nan"))
     torch.save(arch.generator_file(G), w / "nan_gen.pt")
     torch.save(arch.Discriminator(img_size=16, width=0.125).state_dict(), w / "critic.pt")
+    torch.save(arch.generator_file(arch.Generator(nz=8, img_size=32, width=0.125)), w / "teacher32.pt")  # KD can use it
     for name in ("imgs", "imgs2", "samples_full"):
         (w / name).mkdir()
         for i in range(3):
             Image.new("RGB", (16, 16), (40 * i, 80, 120)).save(w / name / f"{i:05d}.png")
     (w / "bomb").mkdir()
     bomb_png(w / "bomb" / "00000.png")
-    import numpy as np
     np.savez(w / "stats.npz", mu=np.zeros(4), sigma=np.eye(4))
     (w / "result.json").write_text("{}\n")
     # a finished demo study (summary.json per stage) whose samples/teacher is a file, not a folder
@@ -604,6 +613,35 @@ def world(reference, tmp_path_factory):
     (study / "fid").mkdir()
     (study / "fid" / "settings.txt").write_text("n_samples=50 n_thesis=0 bootstrap=0 dims=64 kid=10/25 weights=default\n")
     (study / ".experiments.lock").write_text("")
+    # a data folder with odd entries besides 4 images: a dangling link, a link loop, a FIFO (reading it would
+    # block forever); and one with nothing else
+    for name in ("odd", "odd_only"):
+        (w / name).mkdir()
+        os.symlink("nowhere.png", w / name / "dangling.png")
+        os.symlink("loop.png", w / name / "loop.png")
+        os.mkfifo(w / name / "p.png")
+    for i in range(4):
+        Image.new("RGB", (16, 16), (50 * i, 80, 120)).save(w / "odd" / f"{i:05d}.png")
+    shutil.copytree(w / "imgs", w / "trunc")  # a PNG whose header reads fine and whose data is cut short
+    cut = (w / "trunc" / "00001.png").read_bytes()
+    (w / "trunc" / "00001.png").write_bytes(cut[:len(cut) // 2])
+    # statistics: of 64 dims (an Inception size), with NaN mean or features, with a negative image count
+    feats = np.random.RandomState(0).randn(8, 64)
+    mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
+    np.savez(w / "stats64.npz", mu=mu, sigma=sigma, features=feats, n=8)
+    np.savez(w / "nan_mu.npz", mu=np.full(64, np.nan), sigma=sigma, features=feats, n=8)
+    np.savez(w / "nan_features.npz", mu=mu, sigma=sigma, features=np.where(feats > 2, np.nan, feats), n=8)
+    np.savez(w / "negative_n.npz", mu=mu, sigma=sigma, n=-5)
+    # a study whose teacher left a 0-byte snapshot (a disk that filled up)
+    shutil.copytree(study, w / "study_snap")
+    os.remove(w / "study_snap" / "samples" / "teacher")
+    (w / "study_snap" / "teacher" / "snapshots").mkdir()
+    (w / "study_snap" / "teacher" / "snapshots" / "epoch_000000.png").write_bytes(b"")
+    # a transfer run (thesis freezing) of the reference run, 1 epoch
+    argv = TINY + ["--epochs", "1", "--init", str(w / "run"), "--out", str(w / "transfer")]
+    code, _, err = run_child(None, str(tmp_path_factory.mktemp("log") / "transfer"),
+                             main=lambda: harness.run_main(lambda: train_transfer.main(argv)))
+    assert code == 0, err
     # a run stopped by SIGTERM in the middle of epoch 2 (iteration 1 of 2)
     code, _, err = run_child(TINY + ["--epochs", "3", "--out", str(w / "mid")], str(tmp_path_factory.mktemp("log") / "mid"),
                              patch=lambda: on_call(train_wgan, "critic_step", 3, send(signal.SIGTERM)))
@@ -666,7 +704,7 @@ BAD = [
     ("kd-alpha-2", K, TK + ["--teacher", "{w}/run", "--alpha", "2", "--out", "{new}"], "--alpha"),
     ("kd-alpha-nan", K, TK + ["--teacher", "{w}/run", "--alpha", "nan", "--out", "{new}"], "--alpha"),
     ("kd-teacher-size-mismatch", K, TK + ["--teacher", "{w}/run", "--img-size", "32", "--out", "{new}"], "img_size"),
-    ("kd-resume-wgan-checkpoint", K, TK + ["--teacher", "{w}/run", "--epochs", str(EPOCHS), "--resume",
+    ("kd-resume-wgan-checkpoint", K, TK + ["--teacher", "{w}/teacher32.pt", "--img-size", "32", "--epochs", str(EPOCHS), "--resume",
                                           "{w}/run/ckpt.pt", "--out", "{new}"], "train_wgan"),
     ("samples-nan-generator", C, ["--model", "{w}/nan_gen.pt", *S, "--out", "{new}"], "non-finite"),
     ("samples-nan-generator-into-new-folder", C, ["--model", "{w}/nan_gen.pt", "--n", "2", "--device", "cpu",
@@ -720,23 +758,102 @@ BAD = [
                                            "2", "--epochs-kd", "2", "--n-samples", "50", "--fid-dims", "64",
                                            "--kid-subsets", "10", "--kid-subset-size", "25", "--out", "{w}/study"],
      "samples/teacher"),
+    # odd data folders, evaluation inputs, seeds, sizes, resumed flags ({x}: random FID Inception weights)
+    ("data-folder-of-odd-entries-only", D, ["info", "{w}/odd_only", "--no-cache"], "no images"),
+    ("wgan-eval-ref-is-a-text-file", W, T + ["--eval-every", "1", "--eval-ref", "{w}/notes.txt", "--out", "{new}"],
+     "notes.txt"),
+    ("wgan-eval-ref-of-no-inception-size", W, T + ["--eval-every", "1", "--eval-ref", "{w}/stats.npz", "--out", "{new}"],
+     "4-dim"),
+    ("wgan-eval-ref-nan", W, T + ["--eval-every", "1", "--eval-ref", "{w}/nan_mu.npz", "--out", "{new}"], "NaN"),
+    ("wgan-eval-n-1", W, T + ["--eval-every", "1", "--eval-ref", "{w}/stats64.npz", "--eval-n", "1", "--eval-weights",
+                              "{x}/inception.pth", "--out", "{new}"], "--eval-n"),
+    ("wgan-eval-weights-missing", W, T + ["--eval-every", "1", "--eval-ref", "{w}/stats64.npz", "--eval-weights",
+                                          "{w}/nope.pth", "--out", "{new}"], "--eval-weights {w}/nope.pth"),
+    ("wgan-seed-over-2-64", W, T + ["--seed", "99999999999999999999", "--out", "{new}"], "--seed"),
+    ("wgan-seed-negative", W, T + ["--seed", "-1", "--out", "{new}"], "--seed"),
+    ("kd-seed-2-32", K, TK + ["--teacher", "{w}/teacher32.pt", "--seed", "4294967296", "--out", "{new}"], "--seed"),
+    ("samples-seed-2-64", C, ["--model", "{w}/run", *S, "--seed", "18446744073709551616", "--out", "{new}/s"], "--seed"),
+    ("fid-seed-2-32", F, ["{w}/stats64.npz", "{w}/stats64.npz", "--seed", "4294967296"], "--seed"),
+    ("wgan-demo-too-many-images", W, T + ["--data", "demo:cats:1000000000000", "--out", "{new}"], "memory"),
+    ("wgan-width-100000", W, T + ["--width", "100000", "--out", "{new}"], "memory"),
+    ("transfer-width-100000", TRANSFER, T + ["--freeze-g", "0", "--freeze-d", "0", "--width", "100000", "--out", "{new}"],
+     "memory"),
+    ("kd-width-100000", K, TK + ["--teacher", "{w}/teacher32.pt", "--img-size", "32", "--width", "100000",
+                                 "--out", "{new}"], "memory"),
+    ("data-demo-too-many-images", D, ["demo", "{new}", "--n", "1000000000000", "--size", "16"], "memory"),
+    ("kd-teacher-of-16-px", K, TK + ["--teacher", "{w}/run", "--out", "{new}"], "32x32"),
+    ("wgan-resume-finished-run-into-new-out", W, T + ["--epochs", str(EPOCHS), "--resume", "{w}/run/ckpt.pt",
+                                                      "--out", "{new}"], "nothing to train"),
+    ("wgan-resume-other-seed", W, T + ["--epochs", str(EPOCHS + 1), "--seed", "5", "--resume", "{w}/run/ckpt.pt",
+                                       "--out", "{new}"], "--seed"),
+    ("wgan-resume-beta1-from-0", W, T + ["--epochs", str(EPOCHS + 1), "--betas", "0.5", "0.9", "--resume",
+                                         "{w}/run/ckpt.pt", "--out", "{new}"], "--betas"),
+    ("transfer-resume-other-freeze-g", TRANSFER, T + ["--init", "{w}/run", "--freeze-g", "1", "--resume",
+                                                      "--out", "{w}/transfer"], "--freeze-g 1 differs"),
+    ("transfer-resume-other-freeze-d", TRANSFER, T + ["--init", "{w}/run", "--freeze-d", "1", "--resume",
+                                                      "--out", "{w}/transfer"], "--freeze-d 1 differs"),
+    ("transfer-resume-other-init", TRANSFER, T + ["--init", "{w}/other", "--resume", "--out", "{w}/transfer"], "--init"),
+    ("samples-grid-is-out", C, ["--model", "{w}/run", *S, "--out", "{new}", "--grid", "{new}"], "--grid"),
+    ("samples-grid-is-a-folder", C, ["--model", "{w}/run", *S, "--out", "{new}", "--grid", "{w}/imgs"], "--grid"),
+    ("fid-nan-mean", F, ["{w}/nan_mu.npz", "{w}/stats64.npz"], "NaN"),
+    ("fid-nan-features", F, ["{w}/nan_features.npz", "{w}/stats64.npz"], "NaN"),
+    ("fid-negative-n", F, ["{w}/negative_n.npz", "{w}/stats64.npz"], "n = -5"),
+    ("fid-json-is-save-stats", F, ["{w}/imgs", "{w}/imgs2", "--json", "{new}.npz", "--save-stats", "{new}.npz"],
+     "same file"),
+    ("fid-truncated-png-names-the-file", F, ["{w}/trunc", "{w}/imgs", "--dims", "64", "--weights", "{x}/inception.pth"],
+     "00001.png"),
+]
+
+# odd inputs that are not errors: (id, script, argv, exit status, a fragment the output must hold); nothing changes
+# outside {new}, no traceback, and a non-zero status is one error line as above
+ODD = [
+    ("wgan-data-with-dangling-link-loop-fifo", W, T + ["--epochs", "1", "--data", "{w}/odd", "--out", "{new}"], 0,
+     "p.png (not a regular file)"),
+    ("data-info-with-dangling-link-loop-fifo", D, ["info", "{w}/odd", "--no-cache", "--size", "16"], 0,
+     "dangling.png (dangling link)"),
+    ("fid-folder-with-dangling-link-loop-fifo", F, ["{w}/odd", "{w}/imgs", "--dims", "64", "--weights",
+                                                    "{x}/inception.pth", "--num-workers", "0"], 0, "'p.png'"),
+    ("report-zero-byte-snapshot", R, ["{w}/study_snap", "--out", "{new}"], 0, "epoch_000000.png: cannot read it"),
+    ("wgan-resume-other-data-is-noted", W, T + ["--epochs", str(EPOCHS + 1), "--data", "demo:dogs:16", "--resume",
+                                                "{w}/run/ckpt.pt", "--out", "{new}"], 0,
+     "note: --data demo:dogs:16 (checkpoint: demo:cats:16) applied"),
+    ("wgan-resume-fp16-from-fp32-is-noted", W, T + ["--epochs", str(EPOCHS + 1), "--precision", "fp16", "--resume",
+                                                    "{w}/run/ckpt.pt", "--out", "{new}"], 0,
+     "note: --precision fp16 (checkpoint: fp32) applied (the fp16 loss scale starts afresh)"),
+    ("kd-student-follows-a-32-px-teacher", K, TK + ["--teacher", "{w}/teacher32.pt", "--img-size", "32", "--epochs", "1",
+                                                    "--out", "{new}"], 0,
+     "student: 32x32, nz 8, width 0.125 (--nz from the teacher)"),
 ]
 
 
-@pytest.mark.parametrize("script, argv, fragment", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_bad_invocation_is_one_line_exit_2_and_changes_nothing(world, tmp_path, script, argv, fragment):
-    TALLY["bad_tried"] += 1
-    new = str(tmp_path / "new_out")
-    argv = [a.format(w=world, new=new) for a in argv]
-    before = tree(world)
+def invoke(script, argv, tmp_path):
+    """`python SCRIPT ARGV` (experiments.sh in bash, the rest in this process): (exit status, stdout, stderr)."""
     if script == X:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STUDY_")}
         env.update(PYTHON=sys.executable, GANOPT_CACHE=str(tmp_path / "cache"))
-        p = subprocess.run(["bash", os.path.join(ROOT, X)] + argv, capture_output=True, text=True, env=env, timeout=120)
-        code, stderr = p.returncode, p.stderr
-    else:
-        cache = ["--cache-dir", str(tmp_path / "cache")] if script in (W, K, TRANSFER) else []
-        code, _, stderr = cli(script, argv + cache)
+        p = subprocess.run(["bash", os.path.join(ROOT, X)] + argv, capture_output=True, text=True, env=env, timeout=600)  # a hang guard
+        return p.returncode, p.stdout, p.stderr
+    cache = ["--cache-dir", str(tmp_path / "cache")] if script in (W, K, TRANSFER) else []
+    return cli(script, argv + cache)
+
+
+@pytest.fixture(scope="module")
+def extras(tmp_path_factory):
+    """Files too large to hash around every invocation ({x}/...): random FID Inception weights (no download)."""
+    x = tmp_path_factory.mktemp("extras")
+    torch.manual_seed(0)
+    torch.save(compute_fid.fid_inception_v3_arch().state_dict(), x / "inception.pth")
+    return str(x)
+
+
+@pytest.mark.parametrize("script, argv, fragment", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_invocation_is_one_line_exit_2_and_changes_nothing(world, extras, tmp_path, script, argv, fragment):
+    TALLY["bad_tried"] += 1
+    new = str(tmp_path / "new_out")
+    argv = [a.format(w=world, x=extras, new=new) for a in argv]
+    fragment = fragment.format(w=world)
+    before = tree(world)
+    code, _, stderr = invoke(script, argv, tmp_path)
     assert_clean_error(code, stderr, script)
     assert fragment in last_line(stderr), f"the error line does not name {fragment!r}: {last_line(stderr)!r}"
     after = tree(world)
@@ -745,4 +862,228 @@ def test_bad_invocation_is_one_line_exit_2_and_changes_nothing(world, tmp_path, 
     assert after == before, "files changed under the folders involved"
     leftovers = [p for p in glob.glob(new + "*")]
     assert leftovers == [], f"a refused run left {leftovers}"
+    TALLY["bad_clean"] += 1
+
+
+@pytest.mark.parametrize("script, argv, status, fragment", [b[1:] for b in ODD], ids=[b[0] for b in ODD])
+def test_odd_input_is_said_in_one_line_and_changes_nothing(world, extras, tmp_path, script, argv, status, fragment):
+    TALLY["bad_tried"] += 1
+    new = str(tmp_path / "new_out")
+    argv = [a.format(w=world, x=extras, new=new) for a in argv]
+    before = tree(world)
+    code, stdout, stderr = invoke(script, argv, tmp_path)
+    assert "Traceback" not in stderr, stderr
+    assert code == status, f"exit status {code}, expected {status}: {stderr}"
+    said = [ln for ln in (stdout + stderr).splitlines() if fragment in ln]
+    assert len(said) == 1, f"no single line says {fragment!r}: {stdout + stderr}"
+    assert tree(world) == before, "files changed under the folders involved"
+    if os.path.isdir(new):
+        assert not os.path.exists(os.path.join(new, data.LOCK_NAME)), "the run left its lock file"
+    TALLY["bad_clean"] += 1
+
+
+# ----------------------------------------------------------------------------- one writer per folder, and more
+
+def slow(module, name, seconds):
+    """Child patch: every call of module.name takes `seconds` longer (so that a second writer meets the first)."""
+    def patch():
+        real = getattr(module, name)
+        setattr(module, name, lambda *a, **k: (time.sleep(seconds), real(*a, **k))[1])
+    return patch
+
+
+def wait_for_lock(path, pid, log):
+    """Until `path` (a lock file) names process `pid`."""
+    t0 = time.time()
+    while not (os.path.exists(path) and read(path).strip() == str(pid)):
+        assert time.time() - t0 < 60 and not os.waitpid(pid, os.WNOHANG)[0], read(log + ".err")
+        time.sleep(0.01)
+
+
+def test_two_writers_of_one_folder_one_is_refused_and_nothing_mixes(world, tmp_path):
+    import createsamples
+    TALLY["bad_tried"] += 1
+    # training: two runs of one --out with different seeds; the second is refused naming the first's PID
+    out, log = str(tmp_path / "run"), str(tmp_path / "log")
+    first = start(TINY + ["--epochs", "2", "--seed", "1", "--out", out], log + "1", patch=slow(train_wgan, "critic_step", 0.2))
+    wait_for_lock(os.path.join(out, data.LOCK_NAME), first, log + "1")
+    code, _, err = run_child(TINY + ["--epochs", "2", "--seed", "2", "--out", out, "--resume"], log + "2")
+    assert_clean_error(code, err, "train_wgan.py")
+    assert f"being written by another process (PID {first})" in last_line(err), err
+    assert reap(first) == 0, read(log + "1.err")
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["args"]["seed"] == 1
+    assert [r[0] for r in logged_losses(out)] == [1, 2]  # one run's epochs, once each
+    assert not os.path.exists(os.path.join(out, data.LOCK_NAME))  # released at the end
+    # samples: the second run (another model) is refused and the first one's images are all there
+    samples = str(tmp_path / "samples")
+    argv = ["--model", os.path.join(world, "run"), "--n", "12", "--device", "cpu", "--precision", "fp32", "--out", samples]
+    first = start(None, log + "3", patch=slow(createsamples, "_save_png", 0.05), main=lambda: createsamples.cli(argv))
+    wait_for_lock(str(tmp_path / ".samples.lock"), first, log + "3")
+    code, _, err = cli(C, ["--model", os.path.join(world, "other"), "--n", "3", "--device", "cpu", "--out", samples])
+    assert_clean_error(code, err, C)
+    assert f"PID {first}" in last_line(err), err
+    assert reap(first) == 0, read(log + "3.err")
+    assert sorted(os.listdir(samples)) == [f"{i:05d}.png" for i in range(12)]
+    assert not os.path.exists(tmp_path / ".samples.lock")
+    # data.py demo into one folder
+    dst = str(tmp_path / "demo")
+    first = start(None, log + "4", patch=slow(data, "_write_file", 0.05),
+                  main=lambda: data.main(["demo", dst, "--n", "12", "--size", "16"]))
+    wait_for_lock(os.path.join(dst, data.LOCK_NAME), first, log + "4")
+    code, _, err = cli(D, ["demo", dst, "--n", "3", "--size", "16", "--domain", "dogs"])
+    assert_clean_error(code, err, D)
+    assert f"PID {first}" in last_line(err), err
+    assert reap(first) == 0, read(log + "4.err")
+    assert sorted(os.listdir(dst)) == [f"{i:05d}.png" for i in range(12)]
+    TALLY["bad_clean"] += 1
+
+
+def test_a_lock_left_by_a_killed_writer_is_taken_over(tmp_path):
+    TALLY["bad_tried"] += 1
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process that is gone
+    dead = dead.pid
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / data.LOCK_NAME).write_text(f"{dead}\n")
+    code, stdout, err = run_child(TINY + ["--epochs", "1", "--out", str(out)], str(tmp_path / "log"))
+    assert code == 0, err
+    assert f"was left by process {dead}, which is gone: taken over" in err, err
+    assert os.path.isfile(out / "ckpt.pt") and not (out / data.LOCK_NAME).exists()
+    dst = tmp_path / "demo"
+    dst.mkdir()
+    (dst / data.LOCK_NAME).write_text(f"{dead}\n")
+    code, _, err = cli(D, ["demo", str(dst), "--n", "2", "--size", "16"])  # not "not empty": only our leftover
+    assert code == 0 and "taken over" in err, err
+    assert sorted(os.listdir(dst)) == ["00000.png", "00001.png"]
+    TALLY["bad_clean"] += 1
+
+
+def test_evaluation_without_weights_offline_is_one_line_before_training(world, tmp_path, monkeypatch):
+    TALLY["bad_tried"] += 1
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub cache
+
+    def offline(*args, **kwargs):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+    monkeypatch.setattr(compute_fid.torch.hub, "download_url_to_file", offline)
+    out = tmp_path / "out"
+    code, stdout, err = cli(W, T + ["--eval-every", "1", "--eval-ref", os.path.join(world, "stats64.npz"),
+                                    "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert_clean_error(code, err, W)
+    assert "--eval-weights" in last_line(err) and "Network is unreachable" in last_line(err), err
+    assert "epoch" not in stdout and not out.exists()  # before the first epoch, nothing written
+    TALLY["bad_clean"] += 1
+
+
+def test_an_evaluation_error_during_training_is_one_line(world, extras, tmp_path, monkeypatch):
+    """compute_fid's own errors (here: features gone NaN) reach the user through run_main as one line."""
+    TALLY["bad_tried"] += 1
+
+    def broken(*args, **kwargs):
+        raise compute_fid.UserError("the Inception features hold NaN or Inf values (broken network weights?)")
+    monkeypatch.setattr(compute_fid, "image_features", broken)
+    code, _, err = call(lambda: harness.run_main(lambda: train_wgan.main(
+        T + ["--epochs", "1", "--eval-every", "1", "--eval-ref", os.path.join(world, "stats64.npz"), "--eval-n", "4",
+             "--eval-weights", os.path.join(extras, "inception.pth"), "--out", str(tmp_path / "out"),
+             "--cache-dir", str(tmp_path / "cache")])))
+    assert_clean_error(code, err, W)
+    assert last_line(err).startswith("error: evaluation: the Inception features hold NaN"), err
+    assert not (tmp_path / "out" / data.LOCK_NAME).exists()  # released on the way out
+    TALLY["bad_clean"] += 1
+
+
+def test_ctrl_c_during_prepare_leaves_the_folder_as_it_was(world, tmp_path, monkeypatch):
+    TALLY["bad_tried"] += 1
+    dst = tmp_path / "dst"
+    shutil.copytree(os.path.join(world, "imgs2"), dst)
+    (dst / "notes.txt").write_text("mine\n")
+    before = tree(str(dst))
+    real, calls = Image.Image.save, [0]
+
+    def interrupted(image, *args, **kwargs):  # Ctrl-C while the third PNG is being written
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real(image, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    code, _, err = cli(D, ["prepare", os.path.join(world, "odd"), str(dst), "--size", "16", "--overwrite"])
+    assert calls[0] >= 3, "the interrupt was not reached"  # (PNGs are encoded on a few threads)
+    assert code == 130 and last_line(err) == "interrupted" and "Traceback" not in err, err
+    assert tree(str(dst)) == before  # the old PNGs, no new or partial one, no temp file, no lock
+    TALLY["bad_clean"] += 1
+
+
+def test_a_copied_train_kd_without_demo_py_names_the_file(world, tmp_path, monkeypatch):
+    TALLY["bad_tried"] += 1
+    monkeypatch.setitem(sys.modules, "demo", None)  # `import demo` fails as in a folder without demo.py
+    code, _, err = cli(K, TK + ["--teacher", os.path.join(world, "teacher32.pt"), "--img-size", "32",
+                                "--data", "demo:cats:16", "--out", str(tmp_path / "kd")])
+    assert_clean_error(code, err, K)
+    assert "needs demo.py" in last_line(err), err
+    assert not (tmp_path / "kd").exists()
+    TALLY["bad_clean"] += 1
+
+
+def test_kd_student_follows_the_teachers_size_width_and_latent(world, tmp_path):
+    TALLY["bad_tried"] += 1
+    out = str(tmp_path / "kd")
+    argv = ["--teacher", os.path.join(world, "teacher32.pt"), "--data", "demo:cats:16", "--batch-size", "4",
+            "--iters-per-epoch", "1", "--epochs", "1", "--device", "cpu", "--threads", "1", "--precision", "fp32",
+            "--out", out, "--cache-dir", str(tmp_path / "cache")]
+    code, stdout, err = cli(K, argv)
+    assert code == 0, err
+    assert "student: 32x32, nz 8, width 0.125 (--img-size, --nz, --width from the teacher)" in stdout, stdout
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert {k: summary["args"][k] for k in ("width", "img_size", "nz")} == {"width": 0.125, "img_size": 32, "nz": 8}
+    assert summary["params_g"] == arch.count_params(arch.GeneratorKD(nz=8, img_size=32, width=0.125))
+    assert "(None: the teacher's) (default: None)" in " ".join(train_kd.build_parser().format_help().split())
+    TALLY["bad_clean"] += 1
+
+
+def test_other_betas_on_resume_are_applied(reference, tmp_path):
+    TALLY["bad_tried"] += 1
+    out = run_from(reference, tmp_path, 1)
+    code, stdout, stderr = call(lambda: harness.run_main(
+        lambda: train_wgan.main(TINY + ["--epochs", "2", "--out", out, "--resume", "--betas", "0.0", "0.5"])))
+    assert code == 0, stderr
+    assert "note: --betas 0.0 0.5 (checkpoint: 0.0 0.9) applied" in stdout, stdout
+    state = arch.read_file(os.path.join(out, "ckpt.pt"))
+    used = {key: tuple(state[key]["param_groups"][0]["betas"]) for key in ("opt_g", "opt_d")}
+    assert used == {"opt_g": (0.0, 0.5), "opt_d": (0.0, 0.5)}, f"--betas 0 0.5 given with --resume, but training used {used}"
+    TALLY["bad_clean"] += 1
+
+
+def test_a_dead_runs_later_snapshots_leave_the_timeline(tmp_path):
+    """Killed before its first checkpoint at epoch 3, then resumed (afresh) with --epochs 2: epochs 0-2 only."""
+    TALLY["bad_tried"] += 1
+    out, log = str(tmp_path / "out"), str(tmp_path / "log")
+    argv = TINY + ["--save-every", "10", "--out", out, "--resume"]
+    # the 7th critic step is in epoch 4: the snapshots of epochs 0-3 are written, no checkpoint
+    code, _, err = run_child(argv + ["--epochs", "5"], log + "0",
+                             patch=lambda: on_call(train_wgan, "critic_step", 7, send(signal.SIGKILL)))
+    assert code == -signal.SIGKILL and not os.path.exists(os.path.join(out, "ckpt.pt")), err
+    assert len(os.listdir(os.path.join(out, "snapshots"))) == 4
+    code, _, err = run_child(argv + ["--epochs", "2"], log + "1")
+    assert code == 0, err
+    assert "taken over" in err, err  # the killed run's lock
+    assert sorted(os.listdir(os.path.join(out, "snapshots"))) == [f"epoch_{e:06d}.png" for e in range(3)]
+    with Image.open(os.path.join(out, "timeline.png")) as timeline, \
+            Image.open(os.path.join(out, "snapshots", "epoch_000000.png")) as row:
+        assert timeline.height == 3 * row.height  # three rows, not the dead run's four
+    assert [r[0] for r in logged_losses(out)] == [1, 2]
+    TALLY["bad_clean"] += 1
+
+
+def test_a_newline_in_a_file_name_stays_in_its_row_of_sources_txt(world, tmp_path):
+    TALLY["bad_tried"] += 1
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(world, "imgs"), src)
+    shutil.copy(src / "00000.png", src / "two\nlines.png")
+    code, _, err = cli(D, ["prepare", str(src), str(tmp_path / "dst"), "--size", "16"])
+    assert code == 0, err
+    rows = (tmp_path / "dst" / "sources.txt").read_text().splitlines()
+    assert len(rows) == 4 and all(len(r.split("\t")) == 2 for r in rows), rows
+    assert rows[3] == "00003.png\ttwo\\nlines.png"
     TALLY["bad_clean"] += 1
