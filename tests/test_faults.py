@@ -602,12 +602,14 @@ def world(reference, tmp_path_factory):
     bomb_png(w / "bomb" / "00000.png")
     np.savez(w / "stats.npz", mu=np.zeros(4), sigma=np.eye(4))
     (w / "result.json").write_text("{}\n")
-    # a finished demo study (summary.json per stage) whose samples/teacher is a file, not a folder
+    # a finished demo study (summary.json per stage, its memory measured) whose samples/teacher is a file, not a folder
     study = w / "study"
     for stage in ("teacher", "full", "transfer", "kd_a0.05"):
         (study / stage).mkdir(parents=True)
         (study / stage / "summary.json").write_text('{"epochs": 2}\n')
         shutil.copy(w / "run" / "generator.pt", study / stage / "generator.pt")
+        (study / "memory" / stage).mkdir(parents=True)
+        (study / "memory" / stage / "summary.json").write_text('{"epochs": 1}\n')
     (study / "samples").mkdir()
     (study / "samples" / "teacher").write_text("not a folder\n")
     (study / "fid").mkdir()
