@@ -128,9 +128,10 @@ def add_run_args(p, data_default="demo:cats", out_default="runs/wgan", width_def
     p.add_argument("--flip", action="store_true", help="random horizontal flips of the real images")
     p.add_argument("--cache-dir", default=None, help="where decoded datasets are cached (None: $GANOPT_CACHE or ~/.cache/ganopt)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (None: torch's choice)")
-    p.add_argument("--step-in-backward", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--step-in-backward", action=argparse.BooleanOptionalAction, default=None,
                    help="run each parameter's Adam update inside backward as soon as its gradient is complete, then free "
-                        "that gradient: no gradient buffers (less memory, the same updates); not with fp16")
+                        "that gradient: no gradient buffers (less memory, the same updates); not with fp16. None: on in "
+                        "one process at fp32/bf16, off under torchrun (one blocking all_reduce per parameter) and fp16")
     return p
 
 
@@ -188,11 +189,22 @@ def setup(args):
     if precision == "fp16" and device.type == "cpu":
         warnings.warn("--precision fp16 on a CPU is slow; it is meant for GPUs")
     args.precision = precision
+    args.step_in_backward_flag = args.step_in_backward  # None follows the precision, also on --resume (open_run)
+    args.step_in_backward = auto_step_in_backward(args.step_in_backward, world_size, precision)
     data.diffaug_policy(args.diffaug)  # a bad policy fails now, not after the data is decoded
     if args.eval_every and rank == 0:  # (only rank 0 evaluates)
         check_evaluation(args)
     seed_everything(args.seed, rank)
     return Env(device, rank, world_size, precision)
+
+
+def auto_step_in_backward(flag, world_size, precision):
+    """--step-in-backward as given, or by default where it is exact and measured as fast as the step after
+    backward: one process (under torchrun each gradient's all_reduce would block inside backward), not fp16."""
+    if flag and precision == "fp16":
+        raise UserError("--step-in-backward cannot run with --precision fp16: the loss scaler skips a step when any "
+                        "gradient overflowed, known only after backward (use bf16 or fp32, or --no-step-in-backward)")
+    return flag if flag is not None else world_size == 1 and precision != "fp16"
 
 
 def check_evaluation(args):
@@ -536,6 +548,7 @@ def open_run(args, script, env):
     if args.precision_flag == "auto" and ckpt["args"].get("precision", env.precision) != env.precision:
         env.__init__(env.device, env.rank, env.world_size, ckpt["args"]["precision"])  # resume as it ran
         args.precision = env.precision
+        args.step_in_backward = auto_step_in_backward(args.step_in_backward_flag, env.world_size, env.precision)
     notes = check_resume_flags(args, ckpt["args"], path)
     check_resume_epochs(ckpt, args, path, into=None if has_run else out)
     for note in notes if env.master else ():  # once nothing refuses the resume
@@ -565,7 +578,7 @@ _SHAPE, _TRAINED, _START = "the models' shape", "which weights train (the optimi
 FIXED_ON_RESUME = {"width": _SHAPE, "img_size": _SHAPE, "nz": _SHAPE, "freeze_g": _TRAINED, "freeze_d": _TRAINED,
                    "freeze_g_from": _TRAINED, "init": _START, "init_d": _START, "init_g": _START,
                    "seed": "the random streams, which continue from the checkpoint"}
-_NOT_NOTED = ("out", "resume", "precision_flag", "epochs")  # (--epochs counts in all: more of them is how to extend)
+_NOT_NOTED = ("out", "resume", "precision_flag", "step_in_backward_flag", "epochs")  # (--epochs counts in all: more of them is how to extend)
 
 
 def _shown(value):

@@ -252,7 +252,7 @@ def straight_runs(tmp_path_factory):
     """train_wgan.py for 3 epochs with --step-in-backward, and without."""
     tmp = tmp_path_factory.mktemp("straight")
     train_wgan.main(TINY + ["--epochs", "3", "--out", str(tmp / "inside"), "--step-in-backward"])
-    train_wgan.main(TINY + ["--epochs", "3", "--out", str(tmp / "after")])
+    train_wgan.main(TINY + ["--epochs", "3", "--out", str(tmp / "after"), "--no-step-in-backward"])
     return tmp / "inside", tmp / "after"
 
 
@@ -305,6 +305,26 @@ def test_train_kd_and_train_transfer_step_in_backward_equal_the_step_after_backw
     transfer = ["--init", str(run)] + TINY[2:] + ["--img-size", "32", "--epochs", "2", "--data", "demo:dogs:64"]
     for main, argv in ((train_kd.main, kd), (train_transfer.main, transfer)):
         outs = [str(tmp_path / f"{main.__module__}_{flag}") for flag in ("after", "inside")]
-        main(argv + ["--out", outs[0]])
+        main(argv + ["--out", outs[0], "--no-step-in-backward"])
         main(argv + ["--out", outs[1], "--step-in-backward"])
         assert_same_checkpoint(*map(checkpoint, outs))
+
+
+@pytest.mark.parametrize("world_size, precision, flag, expected", [
+    (1, "fp32", None, True), (1, "bf16", None, True), (1, "fp16", None, False), (2, "fp32", None, False),
+    (1, "fp32", False, False), (2, "bf16", True, True)])
+def test_the_default_steps_in_backward_in_one_process_unless_fp16(world_size, precision, flag, expected):
+    assert harness.auto_step_in_backward(flag, world_size, precision) is expected
+
+
+def test_a_run_records_the_step_it_used_and_a_resume_follows_it(tmp_path):
+    out = str(tmp_path / "run")
+    train_wgan.main(TINY + ["--epochs", "1", "--out", out])  # the default, one process, fp32: in backward
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["args"]["step_in_backward"] is True
+    with pytest.raises(harness.UserError, match="--step-in-backward cannot run with --precision fp16"):
+        fp16 = [("fp16" if a == "fp32" else a) for a in TINY]
+        train_wgan.main(fp16 + ["--epochs", "2", "--out", out, "--resume", "--step-in-backward"])
+    train_wgan.main(TINY + ["--epochs", "2", "--out", out, "--resume", "--no-step-in-backward"])  # switched: applied
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["args"]["step_in_backward"] is False
