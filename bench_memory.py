@@ -12,8 +12,9 @@ rows) on random data in [-1, 1] (memory does not depend on the pixels), thesis a
 The iterations are the scripts' own (train_wgan.iteration: --n-critic critic steps and a generator step;
 train_kd.iteration: the teacher under inference_mode, a discriminator and a student step), autocast at
 --precision (the baseline always fp32), no DiffAugment, no EMA (the thesis had none; the scripts' --ema adds one
-generator copy). Every row but the baseline runs twice, as the scripts do without and with --step-in-backward
-(harness.StepInBackward: each parameter's Adam update inside backward, its gradient freed at once);
+generator copy). Every row but the baseline runs twice, as the scripts run with --no-step-in-backward and with
+--step-in-backward (their default in one process; harness.StepInBackward: each parameter's Adam update inside
+backward, its gradient freed at once);
 --step-in-backward / --no-step-in-backward keep one of the two.
 
 Memory (harness.MemoryMeter, over the first 3 iterations, the steady state included):
