@@ -802,6 +802,13 @@ BAD = [
     ("fid-negative-n", F, ["{w}/negative_n.npz", "{w}/stats64.npz"], "n = -5"),
     ("fid-json-is-save-stats", F, ["{w}/imgs", "{w}/imgs2", "--json", "{new}.npz", "--save-stats", "{new}.npz"],
      "same file"),
+    # a user's slips: an empty path, an --out inside the image folder it trains on, a huge epoch
+    ("wgan-data-empty", W, T + ["--data", "", "--out", "{new}"], "empty"),
+    ("data-info-empty", D, ["info", "", "--no-cache"], "empty"),
+    ("wgan-out-inside-data", W, T + ["--data", "{w}/imgs", "--out", "{w}/imgs/run"], "inside --data"),
+    ("kd-out-inside-data", K, TK + ["--teacher", "{w}/teacher32.pt", "--img-size", "32", "--data", "{w}/imgs", "--out", "{w}/imgs/kd"],
+     "inside --data"),
+    ("wgan-iters-per-epoch-huge", W, T + ["--iters-per-epoch", "1000000000000", "--out", "{new}"], "--iters-per-epoch"),
     ("fid-truncated-png-names-the-file", F, ["{w}/trunc", "{w}/imgs", "--dims", "64", "--weights", "{x}/inception.pth"],
      "00001.png"),
 ]
@@ -1054,6 +1061,26 @@ def test_other_betas_on_resume_are_applied(reference, tmp_path):
     state = arch.read_file(os.path.join(out, "ckpt.pt"))
     used = {key: tuple(state[key]["param_groups"][0]["betas"]) for key in ("opt_g", "opt_d")}
     assert used == {"opt_g": (0.0, 0.5), "opt_d": (0.0, 0.5)}, f"--betas 0 0.5 given with --resume, but training used {used}"
+    TALLY["bad_clean"] += 1
+
+
+def test_a_cut_line_in_metrics_jsonl_is_left_out_on_resume(reference, tmp_path):
+    """A metrics.jsonl cut short or edited by hand: the resumed run warns once, keeps the good lines, goes on."""
+    TALLY["bad_tried"] += 1
+    out = run_from(reference, tmp_path, 1)
+    with open(os.path.join(reference["out"], "metrics.jsonl")) as f:
+        first = f.readline()
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        f.write(first + '[1, 2]\n{"epoch": 2, "st')
+    code, stdout, err = call(lambda: harness.run_main(
+        lambda: train_wgan.main(TINY + ["--epochs", "2", "--out", out, "--resume"])))
+    assert code == 0 and "Traceback" not in err, err
+    assert [ln for ln in err.splitlines() if "metrics.jsonl: 2 unreadable line(s) left out" in ln], err
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        lines = f.readlines()
+    assert lines[0] == first and [json.loads(ln)["epoch"] for ln in lines] == [1, 2]
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["final"]["images"] == json.loads(lines[1])["images"]
     TALLY["bad_clean"] += 1
 
 
