@@ -1084,6 +1084,20 @@ def test_a_cut_line_in_metrics_jsonl_is_left_out_on_resume(reference, tmp_path):
     TALLY["bad_clean"] += 1
 
 
+def test_a_summary_with_values_of_the_wrong_type_is_shown_as_missing(world, tmp_path):
+    """report.py on a hand-edited or foreign summary.json (a string where a number belongs): its cells are —."""
+    TALLY["bad_tried"] += 1
+    study = tmp_path / "study"
+    shutil.copytree(os.path.join(world, "study"), study)
+    (study / "teacher" / "summary.json").write_text('{"epochs": 2, "sec_per_epoch": "fast", "args": "x", '
+                                                    '"peak_mem_mb": "big", "steps": [1]}\n')
+    code, stdout, err = cli(R, [str(study), "--out", str(tmp_path / "report")])
+    assert code == 0 and "Traceback" not in err, err
+    row = next(ln for ln in (tmp_path / "report" / "report.md").read_text().splitlines() if ln.startswith("| model 1"))
+    assert "fast" not in row and "big" not in row, row
+    TALLY["bad_clean"] += 1
+
+
 def test_a_dead_runs_later_snapshots_leave_the_timeline(tmp_path):
     """Killed before its first checkpoint at epoch 3, then resumed (afresh) with --epochs 2: epochs 0-2 only."""
     TALLY["bad_tried"] += 1
