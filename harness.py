@@ -80,6 +80,7 @@ def _number(kind, test, what):
         if not (math.isfinite(value) and test(value)):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
+    parse.__name__ = kind.__name__  # argparse's "invalid float value: 'abc'" for text that is no number
     return parse
 
 

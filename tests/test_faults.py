@@ -809,6 +809,11 @@ BAD = [
     ("kd-out-inside-data", K, TK + ["--teacher", "{w}/teacher32.pt", "--img-size", "32", "--data", "{w}/imgs", "--out", "{w}/imgs/kd"],
      "inside --data"),
     ("wgan-iters-per-epoch-huge", W, T + ["--iters-per-epoch", "1000000000000", "--out", "{new}"], "--iters-per-epoch"),
+    ("wgan-width-not-a-number", W, T + ["--width", "abc", "--out", "{new}"], "invalid float value: 'abc'"),
+    ("samples-model-empty", C, ["--model", "", *S, "--out", "{new}"], "--model is empty"),
+    ("study-width-not-a-number", X, ["--demo", "--width", "abc", "--out", "{new}"], "WIDTH"),
+    ("study-lr-negative", X, ["--demo", "--lr", "-1", "--out", "{new}"], "LR"),
+    ("study-precision-fp64", X, ["--demo", "--precision", "fp64", "--out", "{new}"], "PRECISION"),
     ("fid-truncated-png-names-the-file", F, ["{w}/trunc", "{w}/imgs", "--dims", "64", "--weights", "{x}/inception.pth"],
      "00001.png"),
 ]
