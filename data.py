@@ -646,7 +646,8 @@ def main(argv=None):
     q.add_argument("--size", type=int, default=64, help="image side in pixels")
     q.add_argument("--overwrite", action="store_true", help="write into a non-empty DST")
     args = p.parse_args(argv)
-
+    if args.command != "info" and not args.dst.strip():  # (abspath("") would be the current folder)
+        raise DataError("the output folder DST is empty: give a folder name")
     if args.command == "prepare":
         prepare(args.src, args.dst, args.size, cat_crop=not args.no_cat_crop, overwrite=args.overwrite)
     elif args.command == "info":

@@ -479,6 +479,8 @@ def write_json(path, obj):
 
 def check_writable(folder):
     """--out must be (or be creatable in) a writable folder: checked before any data or model is loaded."""
+    if not folder.strip():
+        raise UserError("--out is empty: give the run a folder")
     existing = folder
     while not os.path.exists(existing or "."):
         existing = os.path.dirname(existing)

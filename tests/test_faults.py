@@ -814,6 +814,8 @@ BAD = [
     ("study-width-not-a-number", X, ["--demo", "--width", "abc", "--out", "{new}"], "WIDTH"),
     ("study-lr-negative", X, ["--demo", "--lr", "-1", "--out", "{new}"], "LR"),
     ("study-precision-fp64", X, ["--demo", "--precision", "fp64", "--out", "{new}"], "PRECISION"),
+    ("wgan-out-empty", W, T + ["--out", ""], "--out is empty"),
+    ("data-demo-into-empty-path", D, ["demo", "", "--n", "2", "--size", "16", "--overwrite"], "DST is empty"),
     ("fid-truncated-png-names-the-file", F, ["{w}/trunc", "{w}/imgs", "--dims", "64", "--weights", "{x}/inception.pth"],
      "00001.png"),
 ]
