@@ -538,6 +538,9 @@ def open_run(args, script, env):
         return None
     path = args.resume if args.resume != "auto" else (ckpt_path if os.path.isfile(ckpt_path) else None)
     if path is None:
+        if os.path.isfile(os.path.join(out, "generator.pt")):  # written after a ckpt.pt only: that one was removed
+            raise UserError(f"{out} holds a run's generator.pt but no ckpt.pt to continue from: --resume would train "
+                            "afresh over it; choose another --out, or remove the folder to retrain")
         return None
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")

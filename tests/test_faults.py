@@ -583,6 +583,7 @@ def world(reference, tmp_path_factory):
     w = tmp_path_factory.mktemp("world")
     shutil.copytree(reference["out"], w / "run")
     shutil.copytree(reference["out"], w / "other")
+    shutil.copytree(reference["out"], w / "nockpt", ignore=shutil.ignore_patterns("ckpt.pt"))  # removed by its user
     (w / "empty.pt").write_bytes(b"")
     (w / "notes.txt").write_text("not a checkpoint\n")
     (w / "afile").write_text("a regular file where a folder is expected\n")
@@ -816,6 +817,8 @@ BAD = [
     ("study-precision-fp64", X, ["--demo", "--precision", "fp64", "--out", "{new}"], "PRECISION"),
     ("wgan-out-empty", W, T + ["--out", ""], "--out is empty"),
     ("data-demo-into-empty-path", D, ["demo", "", "--n", "2", "--size", "16", "--overwrite"], "DST is empty"),
+    ("wgan-resume-a-run-without-its-ckpt", W, T + ["--epochs", str(EPOCHS + 1), "--resume", "--out", "{w}/nockpt"],
+     "no ckpt.pt"),
     ("fid-truncated-png-names-the-file", F, ["{w}/trunc", "{w}/imgs", "--dims", "64", "--weights", "{x}/inception.pth"],
      "00001.png"),
 ]
