@@ -501,7 +501,8 @@ def _font(size=14):
 def _snapshot_rows(run_dir, max_rows=8, warnings=None):
     """[(epoch, row image)] from <run>/snapshots/epoch_*.png, at most `max_rows` evenly spread (last kept);
     falls back to the one timeline.png (epoch None) when there are no snapshots; unreadable files are left out."""
-    files = sorted(glob.glob(os.path.join(run_dir, "snapshots", "epoch_*.png")))
+    files = sorted(f for f in glob.glob(os.path.join(glob.escape(run_dir), "snapshots", "epoch_*.png"))
+                   if re.search(r"epoch_\d+\.png$", f))  # not a copy such as "epoch_000010 (1).png"
     if len(files) > max_rows:
         idx = sorted({round(i * (len(files) - 1) / (max_rows - 1)) for i in range(max_rows)})
         files = [files[i] for i in idx]

@@ -1108,6 +1108,19 @@ def test_a_summary_with_values_of_the_wrong_type_is_shown_as_missing(world, tmp_
     TALLY["bad_clean"] += 1
 
 
+def test_a_copied_snapshot_with_another_name_is_left_out_of_the_timelines(world, tmp_path):
+    TALLY["bad_tried"] += 1
+    study = tmp_path / "study"
+    shutil.copytree(os.path.join(world, "study"), study)
+    (study / "teacher" / "snapshots").mkdir()
+    for name in ("epoch_000000.png", "epoch_000000 (1).png", "epoch_last.png"):
+        Image.new("RGB", (16, 4), (200, 80, 40)).save(study / "teacher" / "snapshots" / name)
+    code, stdout, err = cli(R, [str(study), "--out", str(tmp_path / "report")])
+    assert code == 0 and "Traceback" not in err, err
+    assert (tmp_path / "report" / "timelines.png").is_file()
+    TALLY["bad_clean"] += 1
+
+
 def test_a_dead_runs_later_snapshots_leave_the_timeline(tmp_path):
     """Killed before its first checkpoint at epoch 3, then resumed (afresh) with --epochs 2: epochs 0-2 only."""
     TALLY["bad_tried"] += 1
