@@ -397,9 +397,12 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if not args.model.strip():
+        raise UserError("--model is empty: give a generator.pt, a run directory or a ckpt.pt")
     device = get_device(args.device)
     precision = pick_precision(args.precision, device)
-    out = args.out or os.path.join("samples", os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0])
+    # (abspath: `--model .` in a run directory is named after that directory, not "samples/.")
+    out = args.out or os.path.join("samples", os.path.splitext(os.path.basename(os.path.abspath(args.model)))[0])
     check_out(out, args.overwrite)  # before loading a 180 MB model, not after generating
     check_grid(args.grid, out, args.overwrite)
     model, config = arch.load_model(args.model, device=device, ema=not args.raw)

@@ -219,6 +219,8 @@ def load_dataset(spec, size, *, cache_dir=None, cat_crop=True, max_images=None, 
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise DataError(f"max_images must be a positive integer, got {max_images!r}")
     spec, t0 = os.fspath(spec), time.time()
+    if not spec.strip():  # os.path.abspath("") is the current folder: never train on whatever images lie there
+        raise DataError("the data path is empty: give an image folder or a demo spec (demo:cats, demo:dogs)")
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
     if spec.startswith("demo:"):
         try:  # only demo data needs the renderer: a copy of the scripts for real data can leave it out
@@ -644,7 +646,8 @@ def main(argv=None):
     q.add_argument("--size", type=int, default=64, help="image side in pixels")
     q.add_argument("--overwrite", action="store_true", help="write into a non-empty DST")
     args = p.parse_args(argv)
-
+    if args.command != "info" and not args.dst.strip():  # (abspath("") would be the current folder)
+        raise DataError("the output folder DST is empty: give a folder name")
     if args.command == "prepare":
         prepare(args.src, args.dst, args.size, cat_crop=not args.no_cat_crop, overwrite=args.overwrite)
     elif args.command == "info":

@@ -199,6 +199,13 @@ for v in ITERS_PER_EPOCH N_CRITIC SNAPSHOT_EVERY KID_SUBSET_SIZE THREADS; do
 done
 [[ "$SIZE" =~ ^(32|64|128|256|512|1024)$ ]] || die "SIZE must be a power of two from 32 to 1024 (the KD student needs 32 or more), got '$SIZE'"
 [[ -n "$OUT" ]] || die "OUT is empty: give the study a folder (--out DIR)"
+# the training flags too, before the real images' statistics are computed for a study that cannot train
+is_number() { [[ "$1" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]]; }
+is_positive() { is_number "$1" && [[ "${1%%[eE]*}" =~ [1-9] ]]; }
+is_positive "$WIDTH" || die "WIDTH must be a positive number, got '$WIDTH'"
+[[ -z "$LR" ]] || is_positive "$LR" || die "LR must be a positive number, got '$LR'"
+[[ -z "$EMA" ]] || is_number "$EMA" || die "EMA must be a number >= 0, got '$EMA'"
+[[ "$PRECISION" =~ ^(|auto|fp32|bf16|fp16)$ ]] || die "PRECISION must be auto, fp32, bf16 or fp16, got '$PRECISION'"
 [[ "$N_SAMPLES" -ge 2 ]] || die "N_SAMPLES must be at least 2 (FID needs a covariance)"
 for v in N_THESIS BOOTSTRAP; do [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be an integer >= 0, got '${!v}'"; done
 [[ "$EVAL_EXACT" == 0 || "$EVAL_EXACT" == 1 ]] || die "EVAL_EXACT must be 0 or 1, got '$EVAL_EXACT'"

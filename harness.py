@@ -80,6 +80,7 @@ def _number(kind, test, what):
         if not (math.isfinite(value) and test(value)):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
+    parse.__name__ = kind.__name__  # argparse's "invalid float value: 'abc'" for text that is no number
     return parse
 
 
@@ -171,6 +172,9 @@ def get_device(spec="auto"):
 
 def setup(args):
     """Device, CPU threads, process group (under torchrun), precision; seeds every RNG (per process)."""
+    # the loop keeps every iteration's losses of an epoch (its mean, a mid-epoch checkpoint): an absurd
+    # --iters-per-epoch is one line now, not an allocator error once the run folder exists
+    data.check_memory(16 * args.iters_per_epoch, f"--iters-per-epoch {args.iters_per_epoch:,} (its table of losses)")
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -487,6 +491,8 @@ def write_json(path, obj):
 
 def check_writable(folder):
     """--out must be (or be creatable in) a writable folder: checked before any data or model is loaded."""
+    if not folder.strip():
+        raise UserError("--out is empty: give the run a folder")
     existing = folder
     while not os.path.exists(existing or "."):
         existing = os.path.dirname(existing)
@@ -495,6 +501,17 @@ def check_writable(folder):
         raise UserError(f"--out {folder}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {folder}: {existing} is not writable")
+
+
+def check_out_of_data(out, spec):
+    """--out must not lie inside an image folder --data: the folder is read recursively, so the run's snapshots
+    would become training images of its next start or resume."""
+    if spec.startswith("demo:") or not os.path.isdir(spec):
+        return
+    folder = os.path.realpath(spec)
+    if os.path.commonpath([folder, os.path.realpath(out)]) == folder:
+        raise UserError(f"--out {out} lies inside --data {spec}, which is read with its subfolders: the run's "
+                        "snapshots would become training images; choose an --out outside it")
 
 
 CHECKPOINT_FORMAT = arch.CHECKPOINT_FORMAT
@@ -521,6 +538,7 @@ def lock_out(out, env):
 def open_run(args, script, env):
     """Check --out and --resume before anything slow: the loaded checkpoint to resume, or None to start fresh."""
     out, ckpt_path = args.out, os.path.join(args.out, "ckpt.pt")
+    check_out_of_data(out, args.data)
     check_writable(out)
     lock_out(out, env)
     if env.master:
@@ -532,6 +550,9 @@ def open_run(args, script, env):
         return None
     path = args.resume if args.resume != "auto" else (ckpt_path if os.path.isfile(ckpt_path) else None)
     if path is None:
+        if os.path.isfile(os.path.join(out, "generator.pt")):  # written after a ckpt.pt only: that one was removed
+            raise UserError(f"{out} holds a run's generator.pt but no ckpt.pt to continue from: --resume would train "
+                            "afresh over it; choose another --out, or remove the folder to retrain")
         return None
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
@@ -892,10 +913,7 @@ def log_epoch(record, out, epochs, eta):
     """The epoch's line in metrics.jsonl (a resumed run drops lines written after its checkpoint) and on stdout;
     quality.png redrawn when the record has a FID."""
     path = os.path.join(out, "metrics.jsonl")
-    lines = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] < record["epoch"]]
+    lines = [ln for ln, r in read_metrics(path) if r["epoch"] < record["epoch"]]
     atomic_write(path, lambda tmp: open(tmp, "w").writelines(lines + [json.dumps(record) + "\n"]))
     fields = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in
                       ("epoch", "step", "sec", "train_sec", "images", "peak_mem_mb", "peak_tensor_mb", "kid_std"))
@@ -908,6 +926,27 @@ def log_epoch(record, out, epochs, eta):
                                   os.path.join(out, "quality.png"))
         except Exception as e:  # a figure must never stop training
             warnings.warn(f"quality.png not written: {e}")
+
+
+def read_metrics(path):
+    """(line, record) of each epoch in a run's metrics.jsonl ([] without one). A line that is not an epoch's
+    record (the file was cut short or edited by hand) is left out with one warning: a resumed run goes on, and
+    its next log_epoch writes the file without it."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, errors="replace") as f:
+        lines = [ln if ln.endswith("\n") else ln + "\n" for ln in f if ln.strip()]
+    kept = []
+    for ln in lines:
+        try:
+            record = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            kept.append((ln, record))
+    if len(kept) < len(lines):
+        warnings.warn(f"{path}: {len(lines) - len(kept)} unreadable line(s) left out")
+    return kept
 
 
 def drop_dead_run(out, done):
@@ -958,10 +997,8 @@ def run_summary(args, script, env, step, G, ema, clock, meter, resumed_memory=No
 
 def write_summary(out, summary):
     """summary.json, with the last line of metrics.jsonl as its "final" entry; the run folder's lock released."""
-    path, records = os.path.join(out, "metrics.jsonl"), []
-    if os.path.isfile(path):  # (a finished run resumed into its own folder after metrics.jsonl was lost)
-        with open(path) as f:
-            records = [json.loads(ln) for ln in f if ln.strip()]
+    # (none where a finished run is resumed into its own folder after metrics.jsonl was lost)
+    records = [r for _, r in read_metrics(os.path.join(out, "metrics.jsonl"))]
     if records:
         summary["final"] = {k: v for k, v in records[-1].items() if k not in ("epoch", "step")}
     write_json(os.path.join(out, "summary.json"), summary)

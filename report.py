@@ -250,31 +250,37 @@ def _get(d, *keys):
     return d
 
 
+def _num(d, *keys):
+    """A number in nested dicts, or None where missing or not a finite number (a hand-edited or foreign file)."""
+    value = _get(d, *keys)
+    return value if _number(value) is not None else None
+
+
 def _gb(summary, key):
-    mb = _get(summary, key)
+    mb = _num(summary, key)
     return None if mb is None else mb / 1024.0
 
 
 def _row_values(rec):
-    """The measured values of one stage (None where missing)."""
+    """The measured values of one stage (None where missing or not a number)."""
     s = rec["summary"]
     m = rec.get("memory") or s  # memory/<stage>: the same command's training memory measured on its own
-    iters, sec = _get(s, "args", "iters_per_epoch"), _get(s, "sec_per_epoch")
+    iters, sec = _num(s, "args", "iters_per_epoch"), _num(s, "sec_per_epoch")
     sec_update = sec / iters if sec and iters else None
-    trainable = [_get(s, k) for k in ("trainable_g", "trainable_d")]
-    total = [_get(s, k) for k in ("params_g", "params_d")]
-    return {"fid": _get(rec["fid"], "fid"), "kid": _get(rec["fid"], "kid_mean"), "kid_std": _get(rec["fid"], "kid_std"),
-            "fid_std": _get(rec["fid"], "fid_bootstrap_std"), "n": _get(rec["fid"], "n_a"),
-            "fid_thesis_count": _get(rec.get("fid_thesis_count"), "fid"),
-            "n_thesis_count": _get(rec.get("fid_thesis_count"), "n_a"),
-            "fid_teacher": _get(rec["fid_teacher"], "fid"), "sec": sec, "epochs": _get(s, "epochs"),
-            "updates": _get(s, "steps"), "sec_update": sec_update,
-            "images_per_s": _get(s, "global_batch") / sec_update if sec_update and _get(s, "global_batch") else None,
-            "train_min": _get(s, "train_sec") / 60 if _get(s, "train_sec") else None,
+    trainable = [_num(s, k) for k in ("trainable_g", "trainable_d")]
+    total = [_num(s, k) for k in ("params_g", "params_d")]
+    return {"fid": _num(rec["fid"], "fid"), "kid": _num(rec["fid"], "kid_mean"), "kid_std": _num(rec["fid"], "kid_std"),
+            "fid_std": _num(rec["fid"], "fid_bootstrap_std"), "n": _num(rec["fid"], "n_a"),
+            "fid_thesis_count": _num(rec.get("fid_thesis_count"), "fid"),
+            "n_thesis_count": _num(rec.get("fid_thesis_count"), "n_a"),
+            "fid_teacher": _num(rec["fid_teacher"], "fid"), "sec": sec, "epochs": _num(s, "epochs"),
+            "updates": _num(s, "steps"), "sec_update": sec_update,
+            "images_per_s": _num(s, "global_batch") / sec_update if sec_update and _num(s, "global_batch") else None,
+            "train_min": _num(s, "train_sec") / 60 if _num(s, "train_sec") else None,
             "trainable": sum(trainable) if None not in trainable else None,
             "frozen": sum(total) - sum(trainable) if None not in trainable + total else None,
             "mem_device_gb": _gb(m, "peak_mem_mb"), "mem_tensor_gb": _gb(m, "peak_tensor_mb"),
-            "mem_tensor_mb": _get(m, "peak_tensor_mb"), "size_mb": _get(s, "generator_mb")}
+            "mem_tensor_mb": _num(m, "peak_tensor_mb"), "size_mb": _num(s, "generator_mb")}
 
 
 def verdict(v, ref):
@@ -495,7 +501,8 @@ def _font(size=14):
 def _snapshot_rows(run_dir, max_rows=8, warnings=None):
     """[(epoch, row image)] from <run>/snapshots/epoch_*.png, at most `max_rows` evenly spread (last kept);
     falls back to the one timeline.png (epoch None) when there are no snapshots; unreadable files are left out."""
-    files = sorted(glob.glob(os.path.join(run_dir, "snapshots", "epoch_*.png")))
+    files = sorted(f for f in glob.glob(os.path.join(glob.escape(run_dir), "snapshots", "epoch_*.png"))
+                   if re.search(r"epoch_\d+\.png$", f))  # not a copy such as "epoch_000010 (1).png"
     if len(files) > max_rows:
         idx = sorted({round(i * (len(files) - 1) / (max_rows - 1)) for i in range(max_rows)})
         files = [files[i] for i in idx]
@@ -746,7 +753,7 @@ def _settings_lines(runs):
     lines = []
     t = runs["stages"]["teacher"]["summary"]
     if t:
-        a = t.get("args", {})
+        a = t["args"] if isinstance(t.get("args"), dict) else {}
         iters, n_critic = a.get("iters_per_epoch"), a.get("n_critic")
         critic = f" and {iters * n_critic} critic" if isinstance(iters, int) and isinstance(n_critic, int) else ""
         lines.append(f"- teacher: data `{a.get('data')}`, {a.get('img_size')}x{a.get('img_size')}, width "
@@ -755,7 +762,7 @@ def _settings_lines(runs):
                      f"updates), device {t.get('device')}")
     kd = next((runs["stages"][s]["summary"] for _, s in runs["kd"] if runs["stages"][s]["summary"]), None)
     if kd:
-        a = kd.get("args", {})
+        a = kd["args"] if isinstance(kd.get("args"), dict) else {}
         lines.append(f"- KD: batch {a.get('batch_size')}, {kd.get('epochs')} epochs of {a.get('iters_per_epoch')} "
                      f"iterations (thesis: batch 8, epochs of 100), device {kd.get('device')}")
     fids = [r["fid"] for r in runs["stages"].values() if r["fid"]]

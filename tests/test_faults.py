@@ -583,6 +583,7 @@ def world(reference, tmp_path_factory):
     w = tmp_path_factory.mktemp("world")
     shutil.copytree(reference["out"], w / "run")
     shutil.copytree(reference["out"], w / "other")
+    shutil.copytree(reference["out"], w / "nockpt", ignore=shutil.ignore_patterns("ckpt.pt"))  # removed by its user
     (w / "empty.pt").write_bytes(b"")
     (w / "notes.txt").write_text("not a checkpoint\n")
     (w / "afile").write_text("a regular file where a folder is expected\n")
@@ -802,6 +803,22 @@ BAD = [
     ("fid-negative-n", F, ["{w}/negative_n.npz", "{w}/stats64.npz"], "n = -5"),
     ("fid-json-is-save-stats", F, ["{w}/imgs", "{w}/imgs2", "--json", "{new}.npz", "--save-stats", "{new}.npz"],
      "same file"),
+    # a user's slips: an empty path, an --out inside the image folder it trains on, a huge epoch
+    ("wgan-data-empty", W, T + ["--data", "", "--out", "{new}"], "empty"),
+    ("data-info-empty", D, ["info", "", "--no-cache"], "empty"),
+    ("wgan-out-inside-data", W, T + ["--data", "{w}/imgs", "--out", "{w}/imgs/run"], "inside --data"),
+    ("kd-out-inside-data", K, TK + ["--teacher", "{w}/teacher32.pt", "--img-size", "32", "--data", "{w}/imgs", "--out", "{w}/imgs/kd"],
+     "inside --data"),
+    ("wgan-iters-per-epoch-huge", W, T + ["--iters-per-epoch", "1000000000000", "--out", "{new}"], "--iters-per-epoch"),
+    ("wgan-width-not-a-number", W, T + ["--width", "abc", "--out", "{new}"], "invalid float value: 'abc'"),
+    ("samples-model-empty", C, ["--model", "", *S, "--out", "{new}"], "--model is empty"),
+    ("study-width-not-a-number", X, ["--demo", "--width", "abc", "--out", "{new}"], "WIDTH"),
+    ("study-lr-negative", X, ["--demo", "--lr", "-1", "--out", "{new}"], "LR"),
+    ("study-precision-fp64", X, ["--demo", "--precision", "fp64", "--out", "{new}"], "PRECISION"),
+    ("wgan-out-empty", W, T + ["--out", ""], "--out is empty"),
+    ("data-demo-into-empty-path", D, ["demo", "", "--n", "2", "--size", "16", "--overwrite"], "DST is empty"),
+    ("wgan-resume-a-run-without-its-ckpt", W, T + ["--epochs", str(EPOCHS + 1), "--resume", "--out", "{w}/nockpt"],
+     "no ckpt.pt"),
     ("fid-truncated-png-names-the-file", F, ["{w}/trunc", "{w}/imgs", "--dims", "64", "--weights", "{x}/inception.pth"],
      "00001.png"),
 ]
@@ -1054,6 +1071,53 @@ def test_other_betas_on_resume_are_applied(reference, tmp_path):
     state = arch.read_file(os.path.join(out, "ckpt.pt"))
     used = {key: tuple(state[key]["param_groups"][0]["betas"]) for key in ("opt_g", "opt_d")}
     assert used == {"opt_g": (0.0, 0.5), "opt_d": (0.0, 0.5)}, f"--betas 0 0.5 given with --resume, but training used {used}"
+    TALLY["bad_clean"] += 1
+
+
+def test_a_cut_line_in_metrics_jsonl_is_left_out_on_resume(reference, tmp_path):
+    """A metrics.jsonl cut short or edited by hand: the resumed run warns once, keeps the good lines, goes on."""
+    TALLY["bad_tried"] += 1
+    out = run_from(reference, tmp_path, 1)
+    with open(os.path.join(reference["out"], "metrics.jsonl")) as f:
+        first = f.readline()
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        f.write(first + '[1, 2]\n{"epoch": 2, "st')
+    code, stdout, err = call(lambda: harness.run_main(
+        lambda: train_wgan.main(TINY + ["--epochs", "2", "--out", out, "--resume"])))
+    assert code == 0 and "Traceback" not in err, err
+    assert [ln for ln in err.splitlines() if "metrics.jsonl: 2 unreadable line(s) left out" in ln], err
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        lines = f.readlines()
+    assert lines[0] == first and [json.loads(ln)["epoch"] for ln in lines] == [1, 2]
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["final"]["images"] == json.loads(lines[1])["images"]
+    TALLY["bad_clean"] += 1
+
+
+def test_a_summary_with_values_of_the_wrong_type_is_shown_as_missing(world, tmp_path):
+    """report.py on a hand-edited or foreign summary.json (a string where a number belongs): its cells are —."""
+    TALLY["bad_tried"] += 1
+    study = tmp_path / "study"
+    shutil.copytree(os.path.join(world, "study"), study)
+    (study / "teacher" / "summary.json").write_text('{"epochs": 2, "sec_per_epoch": "fast", "args": "x", '
+                                                    '"peak_mem_mb": "big", "steps": [1]}\n')
+    code, stdout, err = cli(R, [str(study), "--out", str(tmp_path / "report")])
+    assert code == 0 and "Traceback" not in err, err
+    row = next(ln for ln in (tmp_path / "report" / "report.md").read_text().splitlines() if ln.startswith("| model 1"))
+    assert "fast" not in row and "big" not in row, row
+    TALLY["bad_clean"] += 1
+
+
+def test_a_copied_snapshot_with_another_name_is_left_out_of_the_timelines(world, tmp_path):
+    TALLY["bad_tried"] += 1
+    study = tmp_path / "study"
+    shutil.copytree(os.path.join(world, "study"), study)
+    (study / "teacher" / "snapshots").mkdir()
+    for name in ("epoch_000000.png", "epoch_000000 (1).png", "epoch_last.png"):
+        Image.new("RGB", (16, 4), (200, 80, 40)).save(study / "teacher" / "snapshots" / name)
+    code, stdout, err = cli(R, [str(study), "--out", str(tmp_path / "report")])
+    assert code == 0 and "Traceback" not in err, err
+    assert (tmp_path / "report" / "timelines.png").is_file()
     TALLY["bad_clean"] += 1
 
 
