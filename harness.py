@@ -566,16 +566,21 @@ def open_run(args, script, env):
         raise UserError(f"{path} is not a training checkpoint of this toolkit")
     if ckpt.get("script") != script:
         raise UserError(f"{path} was written by {ckpt.get('script')}, not {script}")
-    if args.precision_flag == "auto" and ckpt["args"].get("precision", env.precision) != env.precision:
-        env.__init__(env.device, env.rank, env.world_size, ckpt["args"]["precision"])  # resume as it ran
-        args.precision = env.precision
-        args.step_in_backward = auto_step_in_backward(args.step_in_backward_flag, env.world_size, env.precision)
+    follow_checkpoint_precision(args, env, ckpt["args"])
     notes = check_resume_flags(args, ckpt["args"], path)
     check_resume_epochs(ckpt, args, path, into=None if has_run else out)
     for note in notes if env.master else ():  # once nothing refuses the resume
         print(note, flush=True)
     ckpt["path"] = path
     return ckpt
+
+
+def follow_checkpoint_precision(args, env, saved):
+    """--precision auto resumes at the precision the run had (--step-in-backward's default follows it)."""
+    if args.precision_flag == "auto" and saved.get("precision", env.precision) != env.precision:
+        env.__init__(env.device, env.rank, env.world_size, saved["precision"])
+        args.precision = env.precision
+        args.step_in_backward = auto_step_in_backward(args.step_in_backward_flag, env.world_size, env.precision)
 
 
 def check_resume_epochs(ckpt, args, path, into=None):

@@ -328,3 +328,15 @@ def test_a_run_records_the_step_it_used_and_a_resume_follows_it(tmp_path):
     train_wgan.main(TINY + ["--epochs", "2", "--out", out, "--resume", "--no-step-in-backward"])  # switched: applied
     with open(os.path.join(out, "summary.json")) as f:
         assert json.load(f)["args"]["step_in_backward"] is False
+
+
+def test_a_resume_at_auto_precision_follows_the_checkpoints_fp16_and_steps_after_backward(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    fp16 = [("fp16" if a == "fp32" else a) for a in TINY]
+    train_wgan.main(fp16 + ["--epochs", "1", "--out", out])  # the default at fp16: the step after backward
+    auto = [a for a in TINY if a not in ("--precision", "fp32")]  # --precision auto, as a plain --resume
+    train_wgan.main(auto + ["--epochs", "2", "--out", out, "--resume"])
+    with open(os.path.join(out, "summary.json")) as f:
+        saved = json.load(f)["args"]
+    assert (saved["precision"], saved["step_in_backward"]) == ("fp16", False)
+    assert "note: --step-in-backward" not in capsys.readouterr().out  # nothing changed: nothing to note
