@@ -205,10 +205,15 @@ def setup(args):
 def auto_step_in_backward(flag, world_size, precision):
     """--step-in-backward as given, or by default where it is exact and measured as fast as the step after
     backward: one process (under torchrun each gradient's all_reduce would block inside backward), not fp16."""
-    if flag and precision == "fp16":
+    if flag:
+        check_step_in_backward(precision)
+    return flag if flag is not None else world_size == 1 and precision != "fp16"
+
+
+def check_step_in_backward(precision):
+    if precision == "fp16":
         raise UserError("--step-in-backward cannot run with --precision fp16: the loss scaler skips a step when any "
                         "gradient overflowed, known only after backward (use bf16 or fp32, or --no-step-in-backward)")
-    return flag if flag is not None else world_size == 1 and precision != "fp16"
 
 
 def check_evaluation(args):
@@ -353,9 +358,7 @@ class StepInBackward:
     fp16 is refused: GradScaler skips the whole step when any gradient overflowed, known only once all exist."""
 
     def __init__(self, opt, env):
-        if env.precision == "fp16":
-            raise UserError("--step-in-backward cannot run with --precision fp16: the loss scaler skips a step when any "
-                            "gradient overflowed, known only after backward (use bf16 or fp32, or drop the flag)")
+        check_step_in_backward(env.precision)
         self.opt, self.world_size = opt, env.world_size
         self.handles = [p.register_post_accumulate_grad_hook(self._step) for g in opt.param_groups for p in g["params"]]
 
